@@ -1,0 +1,272 @@
+"""recipe -> locate -> train -> Manifest. The only build orchestrator."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pearzoo import __version__
+from pearzoo.binding import base_digests
+from pearzoo.errors import InvalidInputError
+from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
+from pearzoo.manifest.io import seal
+from pearzoo.manifest.schema import Manifest
+from pearzoo.recipe.catalog import get_recipe, recipe_for_config
+from pearzoo.recipe.load import recipe_digest
+from pearzoo.recipe.schema import Recipe
+from pearzoo.source import ModelSource, dtype_name, load_config, load_model, resolve_model
+
+logger = logging.getLogger(__name__)
+
+# A progress factory takes (description, total) and returns an update(n) callable plus a close().
+ProgressFactory = Callable[[str, int], Any]
+
+METRIC_SEQUENCES = 128
+
+
+@dataclass
+class BuildOptions:
+    """What to build: a model, an optional recipe and settings overrides, and where to run."""
+
+    model: str
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    revision: str | None = None
+    device: str | None = None
+    device_map: str | None = None
+    dtype: str = "float32"
+    allow_pickle: bool = False
+
+
+@dataclass
+class BuildContext:
+    options: BuildOptions
+    source: ModelSource
+    recipe: Recipe
+    recipe_path: Path
+    model: Any
+    tokenizer: Any
+    geometry: HeadGeometry
+    space: Any
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _special_ids(tokenizer: Any, config: Any) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer is not None:
+        ids |= {int(i) for i in tokenizer.all_special_ids if i is not None}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids |= {int(v) for v in value}
+    return ids
+
+
+def resolve_recipe(options: BuildOptions, source: ModelSource) -> tuple[Recipe, Path]:
+    if options.recipe:
+        return get_recipe(options.recipe, options.overrides)
+    recipe, path = recipe_for_config(load_config(source), source.model_id)
+    if options.overrides:
+        recipe, path = get_recipe(str(path), options.overrides)
+    return recipe, path
+
+
+def prepare(options: BuildOptions) -> BuildContext:
+    """Resolve and load the model and the recipe, and check that they fit together."""
+    from pearzoo.proxy import token_space
+
+    start = time.perf_counter()
+    source = resolve_model(options.model, options.revision)
+    recipe, recipe_path = resolve_recipe(options, source)
+    model, tokenizer = load_model(
+        source, dtype=options.dtype, device=options.device, device_map=options.device_map, allow_pickle=options.allow_pickle
+    )
+    config = model.config
+    if config.model_type not in recipe.match.model_types:
+        raise InvalidInputError(
+            f"recipe {recipe.id} covers {', '.join(recipe.match.model_types)}, not model_type '{config.model_type}'",
+            field="recipe",
+        )
+    geometry = geometry_from_config(recipe.heads, config)
+    if recipe.locate.k > geometry.total_heads:
+        raise InvalidInputError(
+            f"locate.k: {recipe.locate.k} exceeds the model's {geometry.total_heads} heads", field="locate.k"
+        )
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if tokenizer is not None:
+        vocab = min(vocab, len(tokenizer))
+    space = token_space(recipe.proxy, vocab, _special_ids(tokenizer, config), getattr(config, "bos_token_id", None))
+    ctx = BuildContext(options, source, recipe, recipe_path, model, tokenizer, geometry, space)
+    ctx.seconds["load"] = time.perf_counter() - start
+    return ctx
+
+
+def _bar(factory: ProgressFactory | None, desc: str, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    if factory is None:
+        return None, lambda: None
+    bar = factory(desc, total)
+    return bar.update, bar.close
+
+
+def run_locate(ctx: BuildContext, progress: ProgressFactory | None = None) -> Any:
+    from pearzoo.locate import locate_heads
+
+    total = ctx.geometry.total_heads * len(ctx.recipe.locate.configurations)
+    update, close = _bar(progress, f"locate ({ctx.recipe.locate.scope.value})", total)
+    try:
+        result = locate_heads(ctx.model, ctx.geometry, ctx.recipe.locate, ctx.space, ctx.recipe.seed, update)
+    finally:
+        close()
+    ctx.seconds["locate"] = result.seconds
+    return result
+
+
+def text_windows_for(ctx: BuildContext) -> Any:
+    from pearzoo.text import read_text, text_windows
+
+    pres = ctx.recipe.train.preservation
+    if ctx.tokenizer is None:
+        logger.warning("model has no tokenizer: the perplexity budget is not checked")
+        return None
+    return text_windows(ctx.tokenizer, read_text(pres.text), pres.windows, pres.window_length)
+
+
+def run_train(ctx: BuildContext, heads: list[HeadId], progress: ProgressFactory | None = None) -> Any:
+    from pearzoo.train import train_coefficients
+
+    windows = text_windows_for(ctx)
+    update, close = _bar(progress, "train", ctx.recipe.train.steps)
+    try:
+        result = train_coefficients(
+            ctx.model, ctx.geometry, heads, ctx.recipe.train, ctx.space, ctx.recipe.seed, windows, update
+        )
+    finally:
+        close()
+    ctx.seconds["train"] = result.seconds
+    return result
+
+
+def _device_of(model: Any) -> str:
+    return str(model.get_input_embeddings().weight.device)
+
+
+def build_manifest(options: BuildOptions, progress: ProgressFactory | None = None) -> Manifest:
+    """Run locate and train for a model and return a sealed manifest.
+
+    Args:
+        options (`BuildOptions`): the model, recipe, overrides and device settings.
+        progress (*optional*): a factory of progress bars for the long stages.
+
+    Returns:
+        `Manifest`, digest set.
+
+    Raises:
+        NotFoundError, OfflineError: the model or recipe cannot be found.
+        UnsupportedArchitectureError: no recipe covers the model.
+        InvalidInputError: the recipe does not fit the model (K, heads, dtype).
+
+    Example:
+        >>> manifest = build_manifest(BuildOptions(model="smollm2-135m-instruct"))
+        >>> [str(h.layer) + "." + str(h.head) for h in manifest.heads][:3]
+    """
+    import torch
+    import transformers
+
+    from pearzoo.proxy import copy_score, generator, sample_sequences
+    from pearzoo.hooks import scale_heads
+
+    start = time.perf_counter()
+    ctx = prepare(options)
+    located = run_locate(ctx, progress)
+    heads = located.selected
+    trained = run_train(ctx, heads, progress)
+
+    spec = ctx.recipe.train
+    held_out = sample_sequences(ctx.space, METRIC_SEQUENCES, spec.length, generator(ctx.recipe.seed, "metrics"))
+    before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
+    coefficients = dict(zip(heads, trained.coefficients))
+    with scale_heads(ctx.model, ctx.geometry, coefficients):
+        after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
+    best = trained.best
+    ctx.seconds["total"] = time.perf_counter() - start
+    score = located.score
+    delta = located.delta
+    config = ctx.model.config
+    document = {
+        "schema_version": 1,
+        "base": {
+            "model_id": ctx.source.model_id,
+            "revision": ctx.source.revision,
+            "format": "gguf" if ctx.source.gguf_file else "safetensors",
+            "file": ctx.source.gguf_file,
+            "origin": ctx.source.origin,
+            "model_type": config.model_type,
+            "architectures": list(getattr(config, "architectures", None) or []),
+            "dtype": dtype_name(ctx.model.get_input_embeddings().weight.dtype),
+            "geometry": {
+                "num_layers": ctx.geometry.num_layers,
+                "num_heads": ctx.geometry.num_heads,
+                "head_dim": ctx.geometry.head_dim,
+                "layout": ctx.geometry.layout.value,
+            },
+            "tensors": base_digests(ctx.source, ctx.model, {ctx.geometry.tensor_name(h.layer) for h in heads}),
+        },
+        "recipe": {
+            "id": ctx.recipe.id,
+            "version": ctx.recipe.version,
+            "digest": recipe_digest(ctx.recipe),
+            "overrides": list(options.overrides),
+            "settings": ctx.recipe.model_dump(mode="json"),
+        },
+        "locate": {
+            "scope": ctx.recipe.locate.scope.value,
+            "k": ctx.recipe.locate.k,
+            "configurations": [
+                {"samples": c.samples, "length": c.length, "clean_metric": c.clean_metric} for c in located.configurations
+            ],
+        },
+        "heads": [
+            {
+                "layer": h.layer,
+                "head": h.head,
+                "score": float(score[h.layer, h.head]),
+                "delta": float(delta[h.layer, h.head]),
+                "coefficient": float(tau),
+            }
+            for h, tau in coefficients.items()
+        ],
+        "metrics": {
+            "copy_length": spec.length,
+            "copy_sequences": METRIC_SEQUENCES,
+            "copy_before": {"accuracy": before.accuracy, "loss": before.loss},
+            "copy_after": {"accuracy": after.accuracy, "loss": after.loss},
+            "perplexity_text": spec.preservation.text if trained.base_perplexity is not None else None,
+            "perplexity_before": trained.base_perplexity,
+            "perplexity_after": best.perplexity,
+            "perplexity_budget": spec.preservation.budget,
+            "best_step": trained.best_step,
+            "steps": spec.steps,
+            "history": [
+                {"step": p.step, "loss": p.loss, "accuracy": p.accuracy, "perplexity": p.perplexity, "within_budget": p.within_budget}
+                for p in trained.history
+            ],
+        },
+        "build": {
+            "pearzoo": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "device": _device_of(ctx.model),
+            "dtype": options.dtype,
+            "seed": ctx.recipe.seed,
+            "seconds": {k: round(v, 3) for k, v in ctx.seconds.items()},
+        },
+    }
+    return Manifest.model_validate(seal(document))

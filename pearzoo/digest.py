@@ -1,0 +1,33 @@
+"""Canonical JSON (RFC 8785) and sha256 digests of documents and tensors."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import rfc8785
+
+
+def canonical_json(document: Any) -> bytes:
+    """RFC 8785 canonical bytes of a JSON-compatible value."""
+    return rfc8785.dumps(document)
+
+
+def document_digest(document: Any) -> str:
+    """sha256 hex of the canonical JSON of `document`."""
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def tensor_digest(name: str, dtype: str, shape: list[int] | tuple[int, ...], data: bytes | memoryview) -> str:
+    """sha256 hex over a tensor's name, dtype, shape and raw little-endian bytes.
+
+    The header is canonical JSON so that two tensors differing only in name or shape never collide.
+    `dtype` is the safetensors spelling (``F32``, ``BF16``...), the same whether the bytes come from a
+    file or from memory.
+    """
+    header = canonical_json({"dtype": dtype, "name": name, "shape": list(shape)})
+    h = hashlib.sha256()
+    h.update(len(header).to_bytes(8, "little"))
+    h.update(header)
+    h.update(data)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Patching: fold coefficients into the output-projection weights of a model copy."""

@@ -1,0 +1,50 @@
+"""Pure folding: weight + coefficients + geometry -> weight. No I/O, no model.
+
+Spec §4: head h's slice of the output projection (Linear columns, Conv1D rows) is multiplied by tau.
+The bias, where there is one, belongs to no head and is never scaled, so it is not an input here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from pearzoo.errors import InvalidInputError
+from pearzoo.recipe.schema import Layout
+
+
+def fold_weight(
+    weight: torch.Tensor, coefficients: Mapping[int, float], head_dim: int, layout: Layout
+) -> torch.Tensor:
+    """Return a copy of `weight` with each head's slice scaled by its coefficient.
+
+    The product is taken in float32 and rounded once to the weight's dtype. A coefficient of exactly
+    1.0 leaves its slice bit-identical (the slice is not touched).
+
+    Args:
+        weight (`torch.Tensor`): output-projection weight, 2-D.
+        coefficients (`Mapping[int, float]`): head index -> tau.
+        head_dim (`int`): width of one head's slice.
+        layout (`Layout`): `columns` (nn.Linear) or `rows` (GPT-2 Conv1D).
+
+    Raises:
+        InvalidInputError: a head outside the weight, or a non-finite coefficient.
+    """
+    if weight.ndim != 2:
+        raise InvalidInputError(f"output projection must be 2-D, got shape {tuple(weight.shape)}")
+    axis = 1 if layout is Layout.columns else 0
+    num_heads = weight.shape[axis] // head_dim
+    out = weight.clone()
+    for head, tau in coefficients.items():
+        tau = float(tau)
+        if not (0 <= head < num_heads):
+            raise InvalidInputError(f"head {head} out of range (weight holds {num_heads} heads)", field="head")
+        if not torch.isfinite(torch.tensor(tau)):
+            raise InvalidInputError(f"coefficient for head {head} is not finite ({tau})", field="coefficient")
+        if tau == 1.0:
+            continue
+        sl = slice(head * head_dim, (head + 1) * head_dim)
+        block = out[:, sl] if axis == 1 else out[sl, :]
+        block.copy_((block.to(torch.float32) * tau).to(weight.dtype))
+    return out

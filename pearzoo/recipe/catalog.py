@@ -1,0 +1,108 @@
+"""The recipe catalog: find recipes by id, and the recipe that covers a model's config.
+
+Recipes are loaded lazily from disk each time they are asked for; nothing is registered at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pearzoo.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
+from pearzoo.recipe.load import load_recipe
+from pearzoo.recipe.schema import Recipe
+
+
+def builtin_recipes_dir() -> Path:
+    """The recipes shipped with pearzoo (inside the wheel, or the repo's `recipes/` in a checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "_recipes"
+    if packaged.is_dir():
+        return packaged
+    return here.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    id: str
+    path: Path
+
+
+def list_recipe_files(root: Path | None = None) -> list[RecipeEntry]:
+    """Every `<family>/<name>.yaml` under `root` (default: the built-in recipes), sorted by id."""
+    root = root or builtin_recipes_dir()
+    entries = [
+        RecipeEntry(id=str(p.relative_to(root).with_suffix("")).replace("\\", "/"), path=p)
+        for p in root.glob("*/*.yaml")
+    ]
+    return sorted(entries, key=lambda e: e.id)
+
+
+def list_recipes(root: Path | None = None) -> list[Recipe]:
+    """Load and validate every recipe; a file whose `id` disagrees with its path is an error."""
+    recipes = []
+    for entry in list_recipe_files(root):
+        recipe = load_recipe(entry.path)
+        if recipe.id != entry.id:
+            raise InvalidInputError(f"{entry.path}: id: '{recipe.id}' must equal its path '{entry.id}'", path=str(entry.path))
+        recipes.append(recipe)
+    return recipes
+
+
+def get_recipe(ref: str, overrides: list[str] | None = None, root: Path | None = None) -> tuple[Recipe, Path]:
+    """Resolve a recipe reference: a file path, or an id such as ``rope/llama``.
+
+    Raises:
+        NotFoundError: neither a file nor a known id.
+    """
+    candidate = Path(ref)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.is_file():
+        return load_recipe(candidate, overrides), candidate
+    for entry in list_recipe_files(root):
+        if entry.id == ref:
+            return load_recipe(entry.path, overrides), entry.path
+    raise NotFoundError(f"recipe '{ref}' not found (try `pearzoo recipes list`)", recipe=ref)
+
+
+def _config_value(config: Any, key: str) -> Any:
+    if isinstance(config, dict):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def recipe_for_config(config: Any, model_id: str | None = None, root: Path | None = None) -> tuple[Recipe, Path]:
+    """The recipe that covers a model, from its config (a dict or a `PretrainedConfig`).
+
+    A recipe whose ``match.model_ids`` names `model_id` wins; otherwise the generic recipe whose
+    ``match.model_types`` contains the config's `model_type` (and, if it lists architectures, one of them).
+
+    Raises:
+        UnsupportedArchitectureError: no recipe matches.
+    """
+    model_type = _config_value(config, "model_type")
+    architectures = _config_value(config, "architectures") or []
+    generic: list[tuple[Recipe, Path]] = []
+    for entry in list_recipe_files(root):
+        recipe = load_recipe(entry.path)
+        m = recipe.match
+        if model_type not in m.model_types:
+            continue
+        if m.architectures and not set(m.architectures) & set(architectures):
+            continue
+        if m.model_ids:
+            if model_id is not None and _normalise_id(model_id) in {_normalise_id(i) for i in m.model_ids}:
+                return recipe, entry.path
+            continue
+        generic.append((recipe, entry.path))
+    if generic:
+        return generic[0]
+    raise UnsupportedArchitectureError(
+        f"no recipe covers model_type '{model_type}' (architectures: {', '.join(architectures) or 'none'})",
+        hint="see `pearzoo recipes list`; docs/adding-an-architecture.md explains how to add one",
+        model_type=model_type,
+    )
+
+
+def _normalise_id(model_id: str) -> str:
+    return model_id.strip().lower()

@@ -1,0 +1,247 @@
+"""Recipe models. Strict (`extra="forbid"`) and frozen; the committed JSON Schema is generated from them.
+
+Example (``recipes/rope/llama.yaml``)::
+
+    schema_version: 1
+    id: rope/llama
+    version: 1.0.0
+    description: Llama-family decoders (RoPE).
+    position_embedding: rope
+    match:
+      model_types: [llama]
+    heads:
+      layers: model.layers
+      output_projection: self_attn.o_proj
+      layout: columns
+      num_layers: [num_hidden_layers]
+      num_heads: [num_attention_heads]
+      head_dim: [head_dim]
+      hidden_size: [hidden_size]
+    proxy: {token_range: [3, null], bos: false}
+    locate:
+      scope: path
+      k: 8
+      configurations: [{samples: 20, length: 50}, {samples: 40, length: 25}]
+    train: {steps: 60, lr: 0.005, batch_size: 8, length: 50}
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RECIPE_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Layout(str, Enum):
+    """How a head's slice sits in the output-projection weight (spec §4)."""
+
+    columns = "columns"  # nn.Linear weight [hidden, heads*head_dim]: head h = columns h*hd:(h+1)*hd
+    rows = "rows"  # GPT-2 Conv1D weight [heads*head_dim, hidden]: head h = rows h*hd:(h+1)*hd
+
+
+class PositionEmbedding(str, Enum):
+    rope = "rope"
+    alibi = "alibi"
+    learned = "learned"
+
+
+class Scope(str, Enum):
+    """Locate scope (spec §2.3)."""
+
+    path = "path"
+    total = "total"
+
+
+ConfigKeys = Annotated[
+    list[str],
+    Field(min_length=1, description="Config attributes to try in order; the first present and not null wins."),
+]
+
+
+class Match(_Strict):
+    """Which models a recipe covers."""
+
+    model_types: list[str] = Field(
+        min_length=1, description="Hugging Face `config.model_type` values this recipe covers."
+    )
+    architectures: list[str] = Field(
+        default_factory=list,
+        description="Optional `config.architectures` names; when given, one of them must match too.",
+    )
+    model_ids: list[str] = Field(
+        default_factory=list,
+        description="Model ids this recipe is tuned for. A recipe with model_ids wins over a generic one "
+        "for those ids and is never chosen for others.",
+    )
+
+
+class PositionSwitch(_Strict):
+    """For architectures whose position embedding is a config flag (Falcon: `alibi`)."""
+
+    config_key: str = Field(description="Boolean config attribute that selects the position embedding.")
+    when_true: PositionEmbedding = Field(description="Position embedding when the flag is true.")
+    when_false: PositionEmbedding = Field(description="Position embedding when the flag is false or absent.")
+
+
+class Heads(_Strict):
+    """Where the attention heads sit. Module paths are relative to the `*ForCausalLM` model."""
+
+    layers: str = Field(
+        description="Module path of the decoder-layer list, e.g. `model.layers` or `transformer.h`.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+    )
+    output_projection: str = Field(
+        description="Path of the attention output projection inside one layer, e.g. `self_attn.o_proj`. "
+        "Its input is the concatenation of the per-head outputs; its `.weight` is the tensor the fold scales.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+    )
+    layout: Layout = Field(description="`columns` for nn.Linear, `rows` for GPT-2's Conv1D (spec §4).")
+    num_layers: ConfigKeys = Field(default_factory=lambda: ["num_hidden_layers"])
+    num_heads: ConfigKeys = Field(default_factory=lambda: ["num_attention_heads"])
+    hidden_size: ConfigKeys = Field(default_factory=lambda: ["hidden_size"])
+    head_dim: list[str] = Field(
+        default_factory=list,
+        description="Config attributes holding head_dim (Gemma, Qwen3 set it apart from hidden/heads). "
+        "Empty or all absent: head_dim = hidden_size // num_heads.",
+    )
+
+
+class ProxyTask(_Strict):
+    """The random-token copying task (spec §1)."""
+
+    token_range: tuple[int, int | None] = Field(
+        default=(0, None),
+        description="Half-open range [low, high) of token ids to sample; high null means the vocabulary size. "
+        "Special ids inside the range are skipped.",
+    )
+    bos: bool = Field(default=False, description="Prepend the BOS token to every sequence.")
+
+    @field_validator("token_range")
+    @classmethod
+    def _range(cls, value: tuple[int, int | None]) -> tuple[int, int | None]:
+        low, high = value
+        if low < 0:
+            raise ValueError("low must be >= 0")
+        if high is not None and high <= low + 1:
+            raise ValueError("high must exceed low by at least 2")
+        return value
+
+
+class LocateConfiguration(_Strict):
+    samples: int = Field(ge=2, description="Number of sequences N (the mean ablation needs at least 2).")
+    length: int = Field(ge=2, description="Length n of the random sequence; the input is 2n tokens.")
+
+
+class LocateSpec(_Strict):
+    """How suppression heads are located (spec §2)."""
+
+    scope: Scope = Field(default=Scope.path, description="`path` (authors' path patching) or `total` (mean ablation).")
+    k: int = Field(ge=1, description="Number of suppression heads kept (top-K by averaged relative score).")
+    configurations: list[LocateConfiguration] = Field(
+        min_length=1,
+        default_factory=lambda: [
+            LocateConfiguration(samples=20, length=50),
+            LocateConfiguration(samples=40, length=25),
+            LocateConfiguration(samples=80, length=15),
+            LocateConfiguration(samples=100, length=10),
+        ],
+        description="(samples, length) pairs; scores are averaged over them. Default: the authors' four.",
+    )
+    max_batch_rows: int = Field(
+        default=1024, ge=1, description="Upper bound on rows (heads x samples) recomputed in one batch."
+    )
+    max_cache_gib: float = Field(
+        default=2.0, gt=0, description="Upper bound on the tiled prefix cache of one batch, in GiB."
+    )
+
+
+class Preservation(_Strict):
+    """Natural-text perplexity budget checked at every validation step (issue #2)."""
+
+    text: str = Field(
+        default="builtin:tinyshakespeare-validation",
+        description="Held-out natural text: `builtin:<name>` (shipped with pearzoo) or a path to a UTF-8 file.",
+    )
+    windows: int = Field(default=16, ge=1, description="Number of text windows scored.")
+    window_length: int = Field(default=128, ge=8, description="Tokens per window.")
+    budget: float = Field(
+        default=0.01, ge=0.0, description="Largest allowed relative perplexity increase (0.01 = 1%)."
+    )
+
+
+class TrainSpec(_Strict):
+    """Coefficient training (spec §3). The model stays frozen; coefficients are float32."""
+
+    steps: int = Field(default=60, ge=0, description="Optimizer steps.")
+    lr: float = Field(default=5e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(default=20, ge=1, description="Sequences per step.")
+    length: int = Field(default=50, ge=2, description="Length n of each random sequence (input is 2n tokens).")
+    validation_sequences: int = Field(default=64, ge=1, description="Held-out copy sequences for step selection.")
+    validate_every: int = Field(default=5, ge=1, description="Validate every this many steps (and at the end).")
+    preservation: Preservation = Field(default_factory=Preservation)
+
+
+class AuditTolerances(_Strict):
+    """How far a rebuild may drift from a published manifest before `pearzoo audit` fails."""
+
+    min_head_overlap: float = Field(default=0.75, ge=0, le=1, description="Fraction of heads shared.")
+    min_rank_correlation: float = Field(default=0.9, ge=-1, le=1, description="Spearman rho of scores.")
+    max_coefficient_diff: float = Field(default=0.05, ge=0, description="Largest |tau - tau'| on shared heads.")
+
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class Recipe(_Strict):
+    """A PEAR recipe: head geometry for an architecture family plus the build settings."""
+
+    schema_version: Literal[1] = Field(description="Recipe schema version; pearzoo refuses unknown versions.")
+    id: str = Field(description="`<family>/<name>`, equal to the file's path under recipes/ without `.yaml`.")
+    version: str = Field(description="Semantic version of this recipe; bump it when any setting changes.")
+    description: str = Field(default="", description="One line for `pearzoo recipes list`.")
+    position_embedding: PositionEmbedding = Field(description="Position-embedding family of the architecture.")
+    position_switch: PositionSwitch | None = Field(
+        default=None, description="Set when a config flag chooses the position embedding (Falcon)."
+    )
+    match: Match
+    heads: Heads
+    proxy: ProxyTask = Field(default_factory=ProxyTask)
+    locate: LocateSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    audit: AuditTolerances = Field(default_factory=AuditTolerances)
+    seed: int = Field(default=0, ge=0, description="Seed for every random draw of a build.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("must look like '<family>/<name>' in lower case")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _SEMVER.match(value):
+            raise ValueError("must be MAJOR.MINOR.PATCH")
+        return value
+
+    @model_validator(mode="after")
+    def _family_dir(self) -> "Recipe":
+        family = self.id.split("/", 1)[0]
+        allowed = {self.position_embedding.value}
+        if self.position_switch is not None:
+            allowed |= {self.position_switch.when_true.value, self.position_switch.when_false.value, "mixed"}
+        if family not in allowed:
+            raise ValueError(f"id family '{family}' does not match position_embedding '{self.position_embedding.value}'")
+        return self
