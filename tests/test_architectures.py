@@ -1,0 +1,360 @@
+"""Architecture conformance: every recipe in recipes/ against a tiny random model of its architecture.
+
+One case per (recipe, model_type, tiny-model variant), collected from `pearzoo.recipe.catalog.list_recipes()`,
+so a recipe without an entry in `tests/tiny_models.py` fails here instead of being skipped. Each case checks
+with numbers (the shape of peft's `_test_merge_layers`):
+
+1. runtime head scaling (`pearzoo.hooks.scale_heads`) and the folded weights (`pearzoo.patch.fold.fold_weight`)
+   give the same logits, which differ from the base model's; the bias is untouched (spec §4);
+2. tau = 1 everywhere leaves every tensor bit-identical;
+3. the recipe's output projection really is where the heads sit: mean-ablating one head's input slice at
+   position p leaves positions < p alone and moves the projection output by exactly W_slice @ (mean - x);
+4. `pearzoo.locate.locate_heads` (cached, batched, replayed) equals a plain one-forward-per-head reference,
+   in both scopes (spec §2);
+5. the recipe resolves from the model's config, with the head_dim the modeling code uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from pearzoo.errors import InvalidInputError, UnsupportedArchitectureError
+from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config, output_projection
+from pearzoo.hooks import scale_heads
+from pearzoo.locate import locate_heads
+from pearzoo.patch.fold import fold_weight
+from pearzoo.proxy import TokenSpace, generator, sample_sequences, token_space
+from pearzoo.recipe.catalog import builtin_recipes_dir, list_recipes, recipe_for_config
+from pearzoo.recipe.load import load_recipe
+from pearzoo.recipe.schema import Layout, LocateConfiguration, LocateSpec, Recipe, Scope
+
+from tiny_models import tiny_model, variants
+
+# Tolerances, float32 (one place; spec'd by the brief for this matrix).
+FOLD_ATOL = 1e-5  # hooks vs folded weights
+MIN_EFFECT = 1e-4  # scaled logits must differ from the base model's by more than this
+PREFIX_ATOL = 1e-6  # positions before the ablated one
+DELTA_ATOL = 1e-5  # projection-output change vs the by-hand W_slice @ (mean - x)
+LOCATE_RTOL = 1e-4  # locate_heads vs the plain reference, relative...
+LOCATE_ATOL = 1e-6  # ...plus this floor for metrics near zero
+
+# Two small locate configurations; max_batch_rows 35 gives chunks of 7 heads (N=5) and 5 heads (N=7), so
+# batches cross layer boundaries and the last chunk of each configuration is partial.
+LOCATE_CONFIGURATIONS = [LocateConfiguration(samples=5, length=6), LocateConfiguration(samples=7, length=4)]
+LOCATE_MAX_BATCH_ROWS = 35
+LOCATE_SEED = 0
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    """(recipe id, model_type, variant) for every recipe file; a model_type without a tiny model still yields a
+    case (variant "<missing>"), which then fails in `tiny_model`: no silent skip."""
+    return [
+        (recipe.id, model_type, variant)
+        for recipe in list_recipes()
+        for model_type in recipe.match.model_types
+        for variant in variants(model_type) or ["<missing>"]
+    ]
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest) -> tuple[Any, Recipe, HeadGeometry]:
+    recipe_id, model_type, variant = request.param
+    recipe = next(r for r in list_recipes() if r.id == recipe_id)
+    model, _ = tiny_model(model_type, None if variant == "<missing>" else variant)
+    return model, recipe, geometry_from_config(recipe.heads, model.config)
+
+
+def _parametrize_case(check: str) -> Any:
+    params = [
+        pytest.param((recipe_id, model_type, variant), id=f"{recipe_id}:{model_type}:{variant}", marks=_xfails(check, recipe_id, model_type, variant))
+        for recipe_id, model_type, variant in _cases()
+    ]
+    return pytest.mark.parametrize("case", params, indirect=True)
+
+
+# (check, recipe id, model_type, variant) -> reason, for checks a known pearzoo/ defect breaks.
+KNOWN_DEFECTS: dict[tuple[str, str, str, str], str] = {}
+
+
+def _xfails(check: str, recipe_id: str, model_type: str, variant: str) -> list[Any]:
+    reason = KNOWN_DEFECTS.get((check, recipe_id, model_type, variant))
+    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _tokens(model: Any, batch: int, length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.get_text_config(decoder=True).vocab_size, (batch, length), generator=g)
+
+
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def _spread_heads(geometry: HeadGeometry) -> list[HeadId]:
+    """Three heads over the layers: one in layer 0, one in the middle, and the last head of the last layer."""
+    L, H = geometry.num_layers, geometry.num_heads
+    heads = {HeadId(0, 1 % H), HeadId(L // 2, 0), HeadId(L - 1, H - 1)}
+    return sorted(heads)
+
+
+def _head_block(weight: torch.Tensor, geometry: HeadGeometry, head: int) -> torch.Tensor:
+    sl = geometry.head_slice(head)
+    return weight[:, sl] if geometry.layout is Layout.columns else weight[sl, :]
+
+
+def _fold_into(model: Any, geometry: HeadGeometry, coefficients: dict[HeadId, float]) -> None:
+    by_layer: dict[int, dict[int, float]] = {}
+    for head, tau in coefficients.items():
+        by_layer.setdefault(head.layer, {})[head.head] = tau
+    with torch.no_grad():
+        for layer, taus in by_layer.items():
+            weight = output_projection(model, geometry, layer).weight
+            weight.copy_(fold_weight(weight, taus, geometry.head_dim, geometry.layout))
+
+
+# --- 1. hooks == fold != base --------------------------------------------------------------------------------
+
+
+@_parametrize_case("fold")
+def test_hooks_match_fold(case: tuple[Any, Recipe, HeadGeometry]) -> None:
+    model, recipe, geometry = case
+    heads = _spread_heads(geometry)
+    g = torch.Generator().manual_seed(1)
+    taus = (torch.rand(len(heads), generator=g) * 1.6 + 0.2).tolist()  # in [0.2, 1.8]
+    coefficients = dict(zip(heads, taus))
+    ids = _tokens(model, 2, 10, seed=2)
+
+    base = _logits(model, ids)
+    with scale_heads(model, geometry, coefficients):
+        hooked = _logits(model, ids)
+    assert torch.equal(_logits(model, ids), base), "scale_heads left a hook behind"
+
+    folded = copy.deepcopy(model)
+    _fold_into(folded, geometry, coefficients)
+    refolded = _logits(folded, ids)
+
+    assert (hooked - refolded).abs().max().item() <= FOLD_ATOL
+    assert (hooked - base).abs().max().item() > MIN_EFFECT
+    for layer in range(geometry.num_layers):
+        before = output_projection(model, geometry, layer)
+        after = output_projection(folded, geometry, layer)
+        if before.bias is not None:
+            assert torch.equal(after.bias, before.bias), f"layer {layer}: bias changed by the fold (spec §4)"
+        for h in range(geometry.num_heads):
+            tau = coefficients.get(HeadId(layer, h))
+            old, new = _head_block(before.weight, geometry, h), _head_block(after.weight, geometry, h)
+            if tau is None:
+                assert torch.equal(new, old), f"head {layer}.{h} changed without a coefficient"
+            else:
+                assert torch.allclose(new, old * tau, rtol=0, atol=1e-7)
+
+
+# --- 2. tau = 1 is bit-identical ------------------------------------------------------------------------------
+
+
+@_parametrize_case("identity")
+def test_ones_are_bit_identical(case: tuple[Any, Recipe, HeadGeometry]) -> None:
+    model, recipe, geometry = case
+    ones = {head: 1.0 for head in geometry.all_heads()}
+    folded = copy.deepcopy(model)
+    _fold_into(folded, geometry, ones)
+    before, after = model.state_dict(), folded.state_dict()
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == []
+    ids = _tokens(model, 2, 8, seed=3)
+    with scale_heads(model, geometry, ones):
+        hooked = _logits(model, ids)
+    assert torch.equal(hooked, _logits(model, ids))
+
+
+# --- 3. the output projection's input is the per-head concatenation ------------------------------------------
+
+
+@_parametrize_case("ablation")
+def test_mean_ablation_moves_projection_by_hand_value(case: tuple[Any, Recipe, HeadGeometry]) -> None:
+    model, recipe, geometry = case
+    ids = _tokens(model, 4, 10, seed=4)
+    p = 6
+    for head in [HeadId(0, 0), HeadId(geometry.num_layers - 1, geometry.num_heads - 1)]:
+        proj = output_projection(model, geometry, head.layer)
+        sl = geometry.head_slice(head.head)
+        seen: dict[str, torch.Tensor] = {}
+
+        def record(mod: Any, args: tuple, out: torch.Tensor, key: str) -> None:
+            seen[key + "_in"] = args[0].detach().clone()
+            seen[key + "_out"] = out.detach().clone()
+
+        handle = proj.register_forward_hook(lambda m, a, o: record(m, a, o, "clean"))
+        try:
+            clean = _logits(model, ids)
+        finally:
+            handle.remove()
+        x = seen["clean_in"][:, p, sl]
+        mean = x.mean(0, keepdim=True)
+
+        def ablate(mod: Any, args: tuple) -> tuple:
+            y = args[0].clone()
+            y[:, p, sl] = mean
+            return (y, *args[1:])
+
+        handles = [proj.register_forward_pre_hook(ablate), proj.register_forward_hook(lambda m, a, o: record(m, a, o, "ablated"))]
+        try:
+            ablated = _logits(model, ids)
+        finally:
+            for h in handles:
+                h.remove()
+
+        assert seen["clean_in"].shape[-1] == geometry.num_heads * geometry.head_dim
+        assert (ablated[:, :p] - clean[:, :p]).abs().max().item() <= PREFIX_ATOL
+        assert (ablated[:, p] - clean[:, p]).abs().max().item() > MIN_EFFECT
+        delta = seen["ablated_out"][:, p] - seen["clean_out"][:, p]
+        block = proj.weight[:, sl].T if geometry.layout is Layout.columns else proj.weight[sl, :]
+        by_hand = (mean - x) @ block
+        assert (delta - by_hand).abs().max().item() <= DELTA_ATOL, f"head {head}"
+
+
+# --- 4. locate_heads == plain reference ----------------------------------------------------------------------
+
+
+def _space(model: Any, recipe: Recipe) -> TokenSpace:
+    cfg = model.config.get_text_config(decoder=True)
+    special = {i for i in (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) if isinstance(i, int)}
+    return token_space(recipe.proxy, cfg.vocab_size, special, cfg.bos_token_id)
+
+
+def _metric(logits_p: torch.Tensor, targets: torch.Tensor) -> float:
+    """spec §2.2: mean over samples of logit[target] - mean over the vocabulary, at the read-out position."""
+    return (logits_p.gather(-1, targets[:, None]).squeeze(-1) - logits_p.mean(-1)).mean().item()
+
+
+def _reference_locate(model: Any, geometry: HeadGeometry, seqs: torch.Tensor, p: int, scope: Scope) -> tuple[float, torch.Tensor]:
+    """One full forward pass per head: mean-ablate its slice at p; in `path` scope also pin every later
+    layer's output-projection output at p to its clean value."""
+    projections = [output_projection(model, geometry, l) for l in range(geometry.num_layers)]
+    proj_in: dict[int, torch.Tensor] = {}
+    proj_out: dict[int, torch.Tensor] = {}
+
+    def record(mod: Any, args: tuple, out: torch.Tensor, l: int) -> None:
+        proj_in[l], proj_out[l] = args[0].clone(), out.clone()
+
+    handles = [proj.register_forward_hook(lambda m, a, o, l=l: record(m, a, o, l)) for l, proj in enumerate(projections)]
+    try:
+        clean = _logits(model, seqs)[:, p]
+    finally:
+        for h in handles:
+            h.remove()
+    targets = seqs[:, p + 1]
+    ablated = torch.empty(geometry.num_layers, geometry.num_heads, dtype=torch.float64)
+    for head in geometry.all_heads():
+        sl = geometry.head_slice(head.head)
+        mean = proj_in[head.layer][:, p, sl].mean(0)
+
+        def ablate(mod: Any, args: tuple, sl: slice = sl, mean: torch.Tensor = mean) -> tuple:
+            x = args[0].clone()
+            x[:, p, sl] = mean
+            return (x, *args[1:])
+
+        def pin(mod: Any, args: tuple, out: torch.Tensor, l: int) -> torch.Tensor:
+            out = out.clone()
+            out[:, p] = proj_out[l][:, p]
+            return out
+
+        handles = [projections[head.layer].register_forward_pre_hook(ablate)]
+        if scope is Scope.path:
+            for l in range(head.layer + 1, geometry.num_layers):
+                handles.append(projections[l].register_forward_hook(lambda m, a, o, l=l: pin(m, a, o, l)))
+        try:
+            ablated[head.layer, head.head] = _metric(_logits(model, seqs)[:, p], targets)
+        finally:
+            for h in handles:
+                h.remove()
+    return _metric(clean, targets), ablated
+
+
+@pytest.mark.parametrize("scope", [Scope.path, Scope.total], ids=["path", "total"])
+@_parametrize_case("locate")
+def test_locate_matches_reference(case: tuple[Any, Recipe, HeadGeometry], scope: Scope) -> None:
+    model, recipe, geometry = case
+    space = _space(model, recipe)
+    spec = LocateSpec(scope=scope, k=2, configurations=LOCATE_CONFIGURATIONS, max_batch_rows=LOCATE_MAX_BATCH_ROWS)
+    result = locate_heads(model, geometry, spec, space, seed=LOCATE_SEED)
+    assert len(result.configurations) == len(LOCATE_CONFIGURATIONS)
+    for index, (conf, got) in enumerate(zip(LOCATE_CONFIGURATIONS, result.configurations)):
+        seqs = sample_sequences(space, conf.samples, conf.length, generator(LOCATE_SEED, f"locate/{index}"))
+        p = space.prefix + 2 * conf.length - 2
+        clean, ablated = _reference_locate(model, geometry, seqs, p, scope)
+        assert got.clean_metric == pytest.approx(clean, rel=LOCATE_RTOL, abs=LOCATE_ATOL)
+        err = (got.ablated_metric - ablated).abs()
+        bound = LOCATE_RTOL * ablated.abs() + LOCATE_ATOL
+        worst = torch.nonzero(err > bound).tolist()
+        assert worst == [], (
+            f"configuration {index} (N={conf.samples}, n={conf.length}), {scope.value}: heads "
+            + ", ".join(f"{l}.{h} got {got.ablated_metric[l, h]:.6f} want {ablated[l, h]:.6f}" for l, h in worst[:6])
+        )
+    assert len(result.selected) == spec.k
+
+
+# --- 5. recipe resolution and geometry ------------------------------------------------------------------------
+
+
+def _modeling_head_dim(model: Any, geometry: HeadGeometry) -> int:
+    """head_dim as the attention module itself defines it (not the config keys the recipe names)."""
+    attention = model.get_submodule(geometry.module_path(0).rsplit(".", 1)[0])
+    for name in ("head_dim", "head_size"):
+        value = getattr(attention, name, None)
+        if isinstance(value, int):
+            return value
+    raise AssertionError(f"{type(attention).__name__} exposes no head_dim/head_size")
+
+
+@_parametrize_case("resolve")
+def test_recipe_resolves_with_modeling_geometry(case: tuple[Any, Recipe, HeadGeometry]) -> None:
+    model, recipe, geometry = case
+    model_id = recipe.match.model_ids[0] if recipe.match.model_ids else None
+    resolved, path = recipe_for_config(model.config, model_id=model_id)
+    assert resolved.id == recipe.id
+    assert path == builtin_recipes_dir() / f"{recipe.id}.yaml"
+    cfg = model.config
+    assert geometry.num_layers == cfg.num_hidden_layers
+    assert geometry.num_heads == cfg.num_attention_heads
+    assert geometry.head_dim == _modeling_head_dim(model, geometry)
+    weight = output_projection(model, geometry, geometry.num_layers - 1).weight
+    assert tuple(weight.shape) == geometry.expected_shape(cfg.hidden_size)
+    # config.json carries the raw keys (n_layer, d_model, ...), not the attribute_map aliases.
+    assert geometry_from_config(recipe.heads, cfg.to_dict()) == geometry
+
+
+# --- recipe catalog errors ------------------------------------------------------------------------------------
+
+
+def test_unknown_model_type_is_unsupported() -> None:
+    with pytest.raises(UnsupportedArchitectureError, match="no recipe covers model_type 'no_such_arch'"):
+        recipe_for_config({"model_type": "no_such_arch", "architectures": ["NoSuchForCausalLM"]})
+
+
+def test_unknown_recipe_key_names_file_and_key(tmp_path: Any) -> None:
+    source = (builtin_recipes_dir() / "rope" / "llama.yaml").read_text(encoding="utf-8")
+    bad = source.replace("  layout: columns\n", "  layout: columns\n  head_dims: [head_dim]\n")
+    assert bad != source
+    path = tmp_path / "rope" / "llama.yaml"
+    path.parent.mkdir()
+    path.write_text(bad, encoding="utf-8")
+    with pytest.raises(InvalidInputError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}: heads.head_dims: unknown key"
+    with pytest.raises(InvalidInputError, match="heads.head_dims: unknown key"):
+        list_recipes(tmp_path)
+
+
+def test_every_recipe_model_type_has_a_tiny_model() -> None:
+    missing = sorted({mt for r in list_recipes() for mt in r.match.model_types if not variants(mt)})
+    assert missing == []
