@@ -150,6 +150,9 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
         raise NotFoundError(f"{path}: no config.json (and not exactly one .gguf file)", path=str(path))
     if ref.startswith((".", "/", "~")) or path.suffix.lower() == ".gguf":
         raise NotFoundError(f"{ref}: no such file or directory", path=ref)
+    if ref.count("/") > 1 and ".." not in ref:
+        # Not a Hub id (those have at most one slash): it was meant as a path.
+        raise NotFoundError(f"{ref}: no such file or directory", path=ref)
     return _hub(ref, revision)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
@@ -35,13 +36,22 @@ def cli(ctx: click.Context, debug: bool) -> None:
     and fold the coefficients into the weights: better retrieval at zero inference cost.
     """
     ctx.obj = {"debug": debug}
+    if not debug:
+        # transformers' own loading bars and advisories would break the one-line stderr contract.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "transformers" in sys.modules:  # already imported (embedding, tests): the env vars were read
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _register() -> None:
-    from pearzoo.cli import build, evaluate, recipes, verify
+    from pearzoo.cli import build, evaluate, patch, recipes, registry, verify
 
-    for module in (build, evaluate, recipes, verify):
+    for module in (build, evaluate, recipes, verify, registry, patch):
         module.register(cli)
 
 

@@ -1,0 +1,3 @@
+from pearzoo.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""`pearzoo patch`: fold a manifest's coefficients into a copy of a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pearzoo.cli._output import Output, json_option, quiet_option
+from pearzoo.cli.registry import registry_option
+from pearzoo.patch.api import PatchOptions
+
+
+def _help(field: str) -> str:
+    return PatchOptions.model_fields[field].description or ""
+
+
+@click.command()
+@click.argument("model")
+@click.option("--revision", default=None, help=_help("revision"))
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("manifest"))
+@registry_option
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None, help=_help("out"))
+@click.option("--dry-run", is_flag=True, help=_help("dry_run"))
+@click.option("--allow-pickle", is_flag=True, help=_help("allow_pickle"))
+@click.option("--force", is_flag=True, help=_help("force"))
+@click.option("--build", "build_missing", is_flag=True, help="If the registry has no manifest for MODEL, build one with the recipe that covers it, then patch.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --build: override a recipe setting (repeatable).")
+@json_option
+@quiet_option
+def patch(
+    model: str,
+    manifest: Path | None,
+    registry: str | None,
+    build_missing: bool,
+    overrides: tuple[str, ...],
+    json_mode: bool,
+    quiet: bool,
+    **kw: Any,
+) -> None:
+    """Patch a model: fold a manifest's coefficients into a copy of its weights.
+
+    MODEL is a Hub id (read through the Hugging Face cache; HF_HUB_OFFLINE is honoured), a local directory
+    or a .gguf file. The manifest is the registry's newest for MODEL unless --manifest pins one. The digest
+    of every tensor the fold touches is checked before anything is written; the output keeps the input's
+    shard layout, is written to a temp directory and renamed at the end, and loads with plain
+    transformers `from_pretrained`.
+
+    \b
+    Examples:
+      pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct --out smollm2-pear
+      pearzoo patch ./my-llama --manifest my-llama.pear.json --dry-run
+      pearzoo patch org/model --registry https://example.org/registry --build --json
+    """
+    from pearzoo.patch.api import find_manifest, patch_model
+    from pearzoo.patch.resolve import transformers_twin
+
+    ctx = click.get_current_context()
+    explicit_registry = ctx.get_parameter_source("registry") is click.core.ParameterSource.COMMANDLINE
+    if manifest is not None and (explicit_registry or build_missing):
+        raise click.UsageError("--manifest pins the manifest: give it without --registry and --build")
+    if overrides and not build_missing:
+        raise click.UsageError("--set applies to --build only")
+    output = Output(json_mode=json_mode, quiet=quiet)
+    options = PatchOptions(model=model, manifest=manifest, registry=registry, **kw)
+    built = None
+    if build_missing and find_manifest(model, options.revision, registry) is None:
+        from pearzoo.build import BuildOptions, build_manifest
+
+        output.info(f"no manifest for {model} in the registry: building one")
+        built = build_manifest(
+            BuildOptions(model=transformers_twin(model) or model, revision=options.revision, overrides=list(overrides), allow_pickle=options.allow_pickle),
+            progress=output.progress,
+        )
+        output.info(f"built manifest {built.digest} ({built.recipe.id} {built.recipe.version}, {len(built.heads)} heads)")
+    result = patch_model(options, manifest=built, progress=output.progress, notify=output.warn)
+    heads = ", ".join(f"{h.layer}.{h.head}={h.coefficient:.4f}" for h in result.heads)
+    if result.dry_run:
+        human = (
+            f"dry run: {result.model_id} is the base of manifest {result.manifest}\n"
+            f"would fold {len(result.tensors)} tensor(s): {heads}"
+        )
+    else:
+        human = (
+            f"wrote {result.out}\n"
+            f"manifest: {result.manifest} ({result.recipe})\n"
+            f"folded {len(result.tensors)} tensor(s) in {result.shards} shard(s): {heads}"
+        )
+    output.result(result, human)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(patch)

@@ -1,0 +1,102 @@
+"""`pearzoo publish`, `pearzoo list`, `pearzoo show`: the manifest registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pearzoo import settings
+from pearzoo.cli._output import Output, json_option
+
+REGISTRY_HELP = "Registry directory or http(s) URL. Default: the registry shipped with pearzoo."
+
+
+def registry_option(f: Any) -> Any:
+    return click.option("--registry", default=None, envvar=settings.PEARZOO_REGISTRY, show_envvar=True, help=REGISTRY_HELP)(f)
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--registry", required=True, envvar=settings.PEARZOO_REGISTRY, show_envvar=True, help="Registry directory to publish into (created if absent).")
+@json_option
+def publish(manifest: Path, registry: str, json_mode: bool) -> None:
+    """Publish a manifest into a registry directory.
+
+    The manifest must pass the schema, match its digest, and name a recipe that exists at its version.
+    A manifest already in the registry, or a different file under its digest, is refused. Publishing is
+    safe to run concurrently: the index is rewritten atomically under a file lock.
+
+    \b
+    Examples:
+      pearzoo publish smollm2.pear.json --registry ./registry
+      PEARZOO_REGISTRY=./registry pearzoo publish model.pear.json --json
+    """
+    from pearzoo.registry import open_registry
+
+    entry = open_registry(registry).publish(manifest)
+    Output(json_mode=json_mode).result(entry, f"published {entry.model_id} {entry.digest} to {registry}")
+
+
+@click.command("list")
+@registry_option
+@json_option
+def list_command(registry: str | None, json_mode: bool) -> None:
+    """List the models a registry has manifests for.
+
+    \b
+    Examples:
+      pearzoo list
+      pearzoo list --registry https://example.org/pearzoo-registry --json
+    """
+    from pearzoo.registry import open_registry
+
+    models = open_registry(registry).list_models()
+    lines = [f"{'model':<40} {'versions':>8}  {'latest':<12}  recipe"]
+    for m in models:
+        lines.append(f"{m.model_id:<40} {m.versions:>8}  {m.latest.digest[:12]}  {m.latest.recipe} {m.latest.recipe_version}")
+    human = "\n".join(lines) if models else "no manifests in this registry"
+    Output(json_mode=json_mode).result([m.model_dump(mode="json") for m in models], human)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--digest", default=None, help="Show this version (a digest prefix of 8+ characters). Default: the newest.")
+@registry_option
+@json_option
+def show(model: str, digest: str | None, registry: str | None, json_mode: bool) -> None:
+    """Show a model's manifest versions, recipe, heads and metrics.
+
+    \b
+    Examples:
+      pearzoo show HuggingFaceTB/SmolLM2-135M-Instruct
+      pearzoo show org/model --digest 9f2c41ab --json
+    """
+    from pearzoo.registry import open_registry
+
+    details = open_registry(registry).show(model, digest)
+    Output(json_mode=json_mode).result(details, _render(details))
+
+
+def _render(details: Any) -> str:
+    m = details.manifest
+    lines = [f"{details.model_id}: {len(details.versions)} version(s), newest last"]
+    for e in details.versions:
+        mark = "*" if e.digest == m.digest else " "
+        lines.append(f" {mark} {e.digest}  {e.published}  {e.recipe} {e.recipe_version}  {e.heads} heads")
+    base = m.base
+    lines.append(f"base: {base.model_id}" + (f" @ {base.revision}" if base.revision else "") + f" ({base.format}, {base.dtype})")
+    lines.append(f"recipe: {m.recipe.id} {m.recipe.version}" + (f" (--set {' '.join(m.recipe.overrides)})" if m.recipe.overrides else ""))
+    lines.append("heads: " + ", ".join(f"{h.layer}.{h.head}={h.coefficient:.4f}" for h in m.heads))
+    x = m.metrics
+    lines.append(f"copy accuracy (n={x.copy_length}): {x.copy_before.accuracy:.3f} -> {x.copy_after.accuracy:.3f}")
+    if x.perplexity_before is not None and x.perplexity_after is not None:
+        lines.append(f"perplexity: {x.perplexity_before:.3f} -> {x.perplexity_after:.3f} (budget {x.perplexity_budget:.1%})")
+    return "\n".join(lines)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(publish)
+    group.add_command(list_command)
+    group.add_command(show)

@@ -1,0 +1,364 @@
+"""Write a patched copy of a safetensors checkpoint: streamed, atomic, with provenance.
+
+Every shard is rewritten with the same tensors, order, dtypes, offsets and index as its source. Bytes
+of tensors the fold does not touch are copied verbatim in fixed-size chunks, so they stay byte-identical
+and memory stays bounded by one folded tensor (an output projection) plus the copy buffer, whatever the
+shard size. Only the header's `__metadata__` gains the manifest digest.
+
+Output goes to a temp directory beside the target (named ``.pearzoo-patch-<pid>-<name>``) that is
+renamed into place at the end; a failure removes it, and a run that was killed (SIGKILL, power loss)
+leaves only that temp directory, which the next patch into the same parent directory removes. Sources
+(including the Hugging Face cache, whose snapshot files are symlinks into blobs) are opened read-only,
+and files are copied, never hard-linked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pearzoo import __version__
+from pearzoo.errors import DiskSpaceError, IntegrityError, InvalidInputError
+from pearzoo.manifest.schema import Manifest
+from pearzoo.recipe.schema import Layout
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".pearzoo-patch-"
+METADATA_KEY = "pearzoo.manifest"
+CONFIG_KEY = "pearzoo"
+MANIFEST_NAME = "pearzoo.manifest.json"
+CARD_NAME = "README.md"
+INDEX_NAME = "model.safetensors.index.json"
+COPY_CHUNK = 16 * 2**20
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+# Weight formats other than safetensors: never copied, or the output would hold unpatched weights.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".pkl", ".npz", ".ot")
+_TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-")
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+@dataclass(frozen=True)
+class TensorFold:
+    """One tensor to fold: the model's name for it (the digest key), its coefficients and expected digest."""
+
+    name: str
+    coefficients: Mapping[int, float]
+    digest: str
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """What to write: the source checkpoint, and per shard file the stored tensor names to fold."""
+
+    source_dir: Path
+    files: list[str]
+    folds: dict[str, dict[str, TensorFold]]  # shard file -> stored tensor name -> fold
+    head_dim: int
+    layout: Layout
+    prefix: str | None = None  # the model's base_model_prefix, which old checkpoints omit from names
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted(f.name for by_name in self.folds.values() for f in by_name.values())
+
+
+@dataclass
+class WriteReport:
+    out: Path
+    shards: int = 0
+    bytes_written: int = 0
+    copied_files: list[str] = field(default_factory=list)
+
+
+# --- temp directories ----------------------------------------------------------------------------------
+
+
+def temp_dir_for(out: Path, suffix: str = "") -> Path:
+    """The temp directory for `out`: beside it, so the final rename never crosses a filesystem."""
+    return out.parent / f"{TEMP_PREFIX}{os.getpid()}-{out.name}{suffix}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clean_stale_temps(parent: Path) -> list[Path]:
+    """Remove temp directories in `parent` left by patch runs whose process is gone (killed mid-write)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for child in parent.iterdir():
+        m = _TEMP_RE.match(child.name)
+        if m and child.is_dir() and not child.is_symlink() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(child, ignore_errors=True)
+            logger.info("removed %s, left by an interrupted patch", child)
+            removed.append(child)
+    return removed
+
+
+# --- safetensors streaming -------------------------------------------------------------------------------
+
+
+def read_header(fh: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the offset where its data section starts."""
+    raw = fh.read(8)
+    if len(raw) != 8:
+        raise InvalidInputError(f"{path}: not a safetensors file (truncated)", path=str(path))
+    (size,) = struct.unpack("<Q", raw)
+    if size > MAX_HEADER:
+        raise InvalidInputError(f"{path}: not a safetensors file (header of {size} bytes)", path=str(path))
+    try:
+        header = json.loads(fh.read(size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not a safetensors file (bad header)", path=str(path)) from exc
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{path}: not a safetensors file (bad header)", path=str(path))
+    return header, 8 + size
+
+
+def _encode_header(header: dict[str, Any]) -> bytes:
+    data = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    data += b" " * (-len(data) % 8)  # pad as safetensors does, so the data section stays 8-byte aligned
+    return struct.pack("<Q", len(data)) + data
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, length: int, update: Callable[[int], Any] | None) -> None:
+    while length > 0:
+        chunk = src.read(min(COPY_CHUNK, length))
+        if not chunk:
+            raise InvalidInputError(f"{src.name}: truncated safetensors file")
+        dst.write(chunk)
+        length -= len(chunk)
+        if update:
+            update(len(chunk))
+
+
+def _fold_bytes(raw: bytes, entry: dict[str, Any], fold: TensorFold, plan: FoldPlan, path: Path) -> bytes:
+    import torch
+
+    from pearzoo.digest import tensor_digest
+    from pearzoo.patch.fold import fold_weight
+    from pearzoo.shards import raw_bytes
+
+    dtype, shape = entry["dtype"], entry["shape"]
+    # Checked again on the bytes being written: the file cannot change between verification and write.
+    if tensor_digest(fold.name, dtype, shape, raw) != fold.digest:
+        raise IntegrityError(f"{path}: tensor {fold.name} changed while being patched", tensor=fold.name)
+    if dtype not in _ST_DTYPES:
+        raise InvalidInputError(f"{path}: tensor {fold.name} has dtype {dtype}; only float weights can be folded")
+    weight = torch.frombuffer(bytearray(raw), dtype=getattr(torch, _ST_DTYPES[dtype])).reshape(shape)
+    out = raw_bytes(fold_weight(weight, fold.coefficients, plan.head_dim, plan.layout))
+    if len(out) != len(raw):  # fold_weight keeps dtype and shape, so the header's offsets stay valid
+        raise InvalidInputError(f"{path}: folding {fold.name} changed its size")
+    return out
+
+
+def write_shard(
+    src: Path,
+    dst: Path,
+    folds: Mapping[str, TensorFold],
+    plan: FoldPlan,
+    metadata: Mapping[str, str],
+    update: Callable[[int], Any] | None = None,
+) -> int:
+    """Copy one safetensors file to `dst`, folding the tensors in `folds`; returns the bytes written."""
+    with open(src, "rb") as fin:
+        header, data_start = read_header(fin, src)
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        missing = sorted(set(folds) - set(entries))
+        if missing:
+            raise InvalidInputError(f"{src}: tensor {missing[0]} is not in this shard, as its index says")
+        out_header = dict(header)
+        out_header["__metadata__"] = {**(header.get("__metadata__") or {}), **metadata}
+        encoded = _encode_header(out_header)
+        data_len = src.stat().st_size - data_start
+        ranges = sorted((entries[name]["data_offsets"][0], entries[name]["data_offsets"][1], name) for name in folds)
+        with open(dst, "xb") as fout:
+            fout.write(encoded)
+            pos = 0
+            for begin, end, name in ranges:
+                _copy_range(fin, fout, begin - pos, update)
+                raw = fin.read(end - begin)
+                if len(raw) != end - begin:
+                    raise InvalidInputError(f"{src}: truncated safetensors file", path=str(src))
+                fout.write(_fold_bytes(raw, entries[name], folds[name], plan, src))
+                if update:
+                    update(end - begin)
+                pos = end
+            _copy_range(fin, fout, data_len - pos, update)
+            fout.flush()
+            os.fsync(fout.fileno())
+    return len(encoded) + data_len
+
+
+# --- provenance --------------------------------------------------------------------------------------------
+
+
+def config_block(manifest: Manifest) -> dict[str, Any]:
+    """The `pearzoo` block added to config.json: what was applied, by which pearzoo."""
+    return {
+        "version": __version__,
+        "manifest": manifest.digest,
+        "base_model": manifest.base.model_id,
+        "base_revision": manifest.base.revision,
+        "recipe": f"{manifest.recipe.id} {manifest.recipe.version}",
+        "heads": [f"{h.layer}.{h.head}" for h in manifest.heads],
+        "coefficients": [h.coefficient for h in manifest.heads],
+    }
+
+
+def render_card(manifest: Manifest, source_dir: Path) -> str:
+    """A model card (huggingface_hub `ModelCard`) for the patched model."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    license_ = None
+    readme = source_dir / CARD_NAME
+    if readme.is_file():
+        try:
+            license_ = ModelCard.load(readme).data.to_dict().get("license")
+        except Exception:  # a source card we cannot parse just contributes no license
+            license_ = None
+    m = manifest.metrics
+    data = ModelCardData(
+        base_model=manifest.base.model_id,
+        library_name="transformers",
+        license=license_,
+        tags=["pearzoo", "pear"],
+        pearzoo={"manifest": manifest.digest, **{k: v for k, v in config_block(manifest).items() if k != "manifest"}},
+    )
+    heads = "\n".join(f"| {h.layer}.{h.head} | {h.coefficient:.6g} | {h.score:.4g} |" for h in manifest.heads)
+    ppl = ""
+    if m.perplexity_before is not None and m.perplexity_after is not None:
+        ppl = f"| perplexity ({m.perplexity_text}) | {m.perplexity_before:.4f} | {m.perplexity_after:.4f} |\n"
+    body = f"""
+# {manifest.base.model_id} + PEAR
+
+This is `{manifest.base.model_id}` with PEAR attention re-weighting folded into its weights by
+pearzoo {__version__}: each listed head's slice of the attention output projection is multiplied by its
+coefficient. The architecture, size and speed are unchanged; load it like the base model.
+
+- manifest digest: `{manifest.digest}` (the full manifest is `{MANIFEST_NAME}`; check it with `pearzoo verify {MANIFEST_NAME}`)
+- recipe: `{manifest.recipe.id}` {manifest.recipe.version}
+- base revision: `{manifest.base.revision or "unknown"}`
+
+| head | coefficient | score |
+|---|---|---|
+{heads}
+
+| metric | base | patched |
+|---|---|---|
+| copy accuracy (n={m.copy_length}) | {m.copy_before.accuracy:.4f} | {m.copy_after.accuracy:.4f} |
+{ppl}"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+# --- the whole directory ---------------------------------------------------------------------------------
+
+
+def _copy_plain_files(source_dir: Path, tmp: Path, config: dict[str, Any]) -> list[str]:
+    copied = []
+    for path in sorted(source_dir.iterdir()):
+        name = path.name
+        if name.startswith(".") or not path.is_file() or name in {CARD_NAME, "config.json", MANIFEST_NAME}:
+            continue
+        if name.lower().endswith(_WEIGHT_SUFFIXES):
+            continue
+        shutil.copyfile(path, tmp / name)  # follows the cache's symlinks; copies bytes, never links
+        copied.append(name)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return copied
+
+
+def write_patched(
+    plan: FoldPlan,
+    manifest: Manifest,
+    config: dict[str, Any],
+    out: Path,
+    *,
+    force: bool = False,
+    progress: Callable[[str, int], Any] | None = None,
+) -> WriteReport:
+    """Write the patched model to `out`, atomically.
+
+    Args:
+        plan (`FoldPlan`): source checkpoint and the tensors to fold (digests already verified).
+        manifest (`Manifest`): recorded in every shard's metadata, `config.json`, the card and `pearzoo.manifest.json`.
+        config (`dict`): the source `config.json`; a `pearzoo` block is added.
+        out (`Path`): target directory; must not exist unless `force`.
+        force (`bool`): replace an existing `out` (only once the new copy is complete).
+        progress (*optional*): a progress-bar factory `(desc, total) -> bar`.
+
+    Raises:
+        DiskSpaceError: the disk filled up (nothing is left behind).
+        IntegrityError: a folded tensor changed since it was verified.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent)
+    tmp = temp_dir_for(out)
+    report = WriteReport(out=out)
+    sizes = {f: (plan.source_dir / f).stat().st_size for f in plan.files}
+    bar = progress("patch", sum(sizes.values())) if progress else None
+    try:
+        tmp.mkdir()
+        metadata = {METADATA_KEY: manifest.digest}
+        for name in plan.files:
+            report.bytes_written += write_shard(
+                plan.source_dir / name, tmp / name, plan.folds.get(name, {}), plan, metadata, bar.update if bar else None
+            )
+            report.shards += 1
+        report.copied_files = _copy_plain_files(plan.source_dir, tmp, {**config, CONFIG_KEY: config_block(manifest)})
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD_NAME).write_text(render_card(manifest, plan.source_dir), encoding="utf-8")
+        _fsync_dir(tmp)
+        _move_into_place(tmp, out, force)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise DiskSpaceError(f"{out.parent}: no space left while writing the patched model", path=str(out)) from exc
+        raise
+    finally:
+        if bar:
+            bar.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
+    if not out.exists() and not out.is_symlink():
+        os.rename(tmp, out)
+        return
+    if not force:
+        raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
+    old = temp_dir_for(out, ".old")
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,218 @@
+"""A registry in a local directory (or a git checkout): readable, and writable by `publish`.
+
+Manifests are immutable: a path is written once, atomically, and never replaced. The index is rewritten
+atomically (temp file + `os.replace`) under a file lock, so concurrent publishers serialize and none is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pearzoo.errors import IntegrityError, InvalidInputError, LockTimeoutError, NotFoundError, ResourceError
+from pearzoo.manifest.io import atomic_write_text, parse_manifest
+from pearzoo.manifest.schema import Manifest
+from pearzoo.registry.base import (
+    INDEX_NAME,
+    Index,
+    IndexEntry,
+    Registry,
+    entry_for,
+    manifest_relpath,
+    parse_index,
+    render_index,
+)
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".index.lock"
+LOCK_TIMEOUT_S = 60.0
+
+
+class LocalRegistry(Registry):
+    """A registry rooted at a directory.
+
+    Example:
+        >>> registry = LocalRegistry("registry")
+        >>> entry = registry.publish("smollm2.pear.json")
+        >>> registry.get(entry.model_id).digest == entry.digest
+        True
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.location = str(self.root)
+
+    def describe(self, relpath: str) -> str:
+        return str(self.root / relpath)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        path = self.root / relpath
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFoundError(f"{path}: not found", path=str(path)) from exc
+        except OSError as exc:
+            raise ResourceError(f"{path}: cannot read: {exc.strerror or exc}", path=str(path)) from exc
+
+    def publish(self, path: str | Path) -> IndexEntry:
+        """Validate a manifest file and add it to the registry.
+
+        Checks, in order: the pydantic model and the digest, the committed JSON Schema, a safe model id, and
+        that the recipe exists at the manifest's version. Then, under the registry's lock, writes the manifest
+        to `manifests/models--org--name/<digest>.json` and appends it to the index.
+
+        Args:
+            path (`str` or `Path`): the manifest file.
+
+        Returns:
+            `IndexEntry`: the new entry.
+
+        Raises:
+            NotFoundError: no such file, or the recipe (at that version) is unknown.
+            InvalidInputError: the manifest fails its schema, or is already published.
+            UnsafeInputError: the model id could escape the registry directory.
+            IntegrityError: the digest does not match the content, or a different file sits at its path.
+            LockTimeoutError: another publisher held the lock too long.
+        """
+        manifest, document = _read_for_publish(Path(path))
+        relpath = manifest_relpath(manifest.base.model_id, manifest.digest)  # validates the id first
+        check_recipe(manifest, source=str(path))
+        text = json.dumps(document, indent=2) + "\n"
+        with _locked(self.root):
+            index = self._index_or_empty()
+            self._refuse_conflicts(index, manifest, relpath)
+            target = self.root / relpath
+            if not target.exists():
+                atomic_write_text(target, text)
+            entry = entry_for(manifest, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            updated = Index(entries=[*index.entries, entry])
+            atomic_write_text(self.root / INDEX_NAME, render_index(updated))
+        logger.info("published %s %s to %s", manifest.base.model_id, manifest.digest, self.root)
+        return entry
+
+    def _index_or_empty(self) -> Index:
+        path = self.root / INDEX_NAME
+        if not path.exists():
+            return Index()  # publishing into a new directory creates the registry
+        return parse_index(self.read_bytes(INDEX_NAME), source=str(path))
+
+    def _refuse_conflicts(self, index: Index, manifest: Manifest, relpath: str) -> None:
+        model_id = manifest.base.model_id
+        existing = index.versions(model_id)
+        if existing and existing[0].model_id != model_id:
+            raise InvalidInputError(
+                f"registry {self.root} lists this model as '{existing[0].model_id}', not '{model_id}'",
+                repo_id=model_id,
+            )
+        target = self.root / relpath
+        listed = index.find(model_id, manifest.digest) is not None
+        if target.exists():
+            stored = _digest_of_file(target)
+            if stored != manifest.digest:
+                raise IntegrityError(
+                    f"{target}: conflicts: a different file is stored under digest {manifest.digest[:12]}",
+                    path=str(target),
+                    expected=manifest.digest,
+                    actual=stored,
+                )
+            if listed:
+                raise InvalidInputError(
+                    f"{model_id} {manifest.digest[:12]} is already published in {self.root}",
+                    repo_id=model_id,
+                    digest=manifest.digest,
+                )
+            # An interrupted publish wrote the file but not the index: re-publishing completes it.
+        elif listed:
+            raise IntegrityError(
+                f"registry {self.root} lists {model_id} {manifest.digest[:12]} but {target} is missing",
+                path=str(target),
+            )
+
+
+def _read_for_publish(path: Path) -> tuple[Manifest, dict]:
+    import jsonschema
+
+    from pearzoo.schema_export import load_schema
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{path}: manifest not found", path=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: cannot read manifest: {exc}", path=str(path)) from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON (line {exc.lineno})", path=str(path)) from exc
+    manifest = parse_manifest(document, source=str(path))
+    # The committed schema is what other tools validate against; it must agree with the pydantic model.
+    try:
+        jsonschema.validate(document, load_schema("manifest"))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
+        raise InvalidInputError(f"{path}: {where}: {exc.message}", path=str(path), field=where) from exc
+    return manifest, document
+
+
+def check_recipe(manifest: Manifest, *, source: str) -> None:
+    """The manifest's recipe must exist in the catalog at its version, and its settings must match its digest.
+
+    Raises:
+        NotFoundError: no recipe with that id, or not at that version.
+        IntegrityError: `recipe.settings` do not hash to `recipe.digest`.
+    """
+    from pearzoo.recipe.catalog import list_recipe_files
+    from pearzoo.recipe.load import load_recipe, parse_recipe, recipe_digest
+
+    ref = manifest.recipe
+    # Look the id up among the catalog's files; never treat a manifest's recipe id as a path.
+    entry = next((e for e in list_recipe_files() if e.id == ref.id), None)
+    if entry is None:
+        raise NotFoundError(f"{source}: recipe '{ref.id}' not found (see `pearzoo recipes list`)", recipe=ref.id)
+    recipe = load_recipe(entry.path)
+    if recipe.version != ref.version:
+        raise NotFoundError(
+            f"{source}: recipe {ref.id} {ref.version} not found (this pearzoo has {ref.id} {recipe.version})",
+            recipe=ref.id,
+        )
+    used = parse_recipe(ref.settings, source=f"{source}: recipe.settings")
+    if used.id != ref.id or used.version != ref.version:
+        raise IntegrityError(f"{source}: recipe.settings are {used.id} {used.version}, not {ref.id} {ref.version}")
+    if recipe_digest(used) != ref.digest:
+        raise IntegrityError(f"{source}: recipe.settings do not match recipe.digest {ref.digest[:12]}")
+
+
+def _digest_of_file(path: Path) -> str | None:
+    try:
+        return parse_manifest(json.loads(path.read_text(encoding="utf-8")), source=str(path)).digest
+    except Exception:  # any unreadable or invalid file is simply "not this manifest"
+        return None
+
+
+class _locked:
+    """The registry's publish lock (a `filelock.FileLock` beside the index)."""
+
+    def __init__(self, root: Path) -> None:
+        from filelock import FileLock
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / LOCK_NAME
+        self.lock = FileLock(str(self.path), timeout=LOCK_TIMEOUT_S)
+
+    def __enter__(self) -> None:
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire()
+        except Timeout as exc:
+            raise LockTimeoutError(
+                f"{self.path}: another publisher held the registry lock for more than {LOCK_TIMEOUT_S:.0f} s",
+                hint="retry; if no publisher is running, delete the lock file",
+                path=str(self.path),
+            ) from exc
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
