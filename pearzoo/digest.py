@@ -7,10 +7,20 @@ from typing import Any
 
 import rfc8785
 
+from pearzoo.errors import InvalidInputError
+
 
 def canonical_json(document: Any) -> bytes:
-    """RFC 8785 canonical bytes of a JSON-compatible value."""
-    return rfc8785.dumps(document)
+    """RFC 8785 canonical bytes of a JSON-compatible value.
+
+    Raises:
+        InvalidInputError: the value holds NaN or infinity (not representable in RFC 8785) or a
+            non-JSON type.
+    """
+    try:
+        return rfc8785.dumps(document)
+    except (rfc8785.FloatDomainError, rfc8785.IntegerDomainError, rfc8785.CanonicalizationError) as exc:
+        raise InvalidInputError(f"not canonical JSON: {exc}") from exc
 
 
 def document_digest(document: Any) -> str:

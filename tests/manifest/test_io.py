@@ -1,0 +1,85 @@
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError
+from pearzoo.manifest.io import manifest_digest, read_manifest, seal, write_manifest
+from pearzoo.schema_export import load_schema, render, schemas, stale_schemas
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+# A real manifest (SmolLM2-135M-Instruct, quick build) at schema_version 1. Old versions must keep loading.
+GOLDEN_V1 = GOLDEN / "manifest-v1.json"
+GOLDEN_V1_DIGEST = "88be2edb5be72002c9b43dae48ceeda0df739837d99f89842fc0082769cf63bc"
+
+
+def test_golden_v1_loads_with_pinned_digest():
+    m = read_manifest(GOLDEN_V1)
+    assert m.digest == GOLDEN_V1_DIGEST
+    assert m.schema_version == 1
+    assert len(m.heads) == 8 and m.base.model_type == "llama"
+    jsonschema.validate(json.loads(GOLDEN_V1.read_text()), load_schema("manifest"))
+
+
+def test_round_trip_is_stable(tmp_path):
+    m = read_manifest(GOLDEN_V1)
+    out = write_manifest(m, tmp_path / "x.json")
+    assert read_manifest(out) == m
+    assert manifest_digest(json.loads(out.read_text())) == GOLDEN_V1_DIGEST
+
+
+@pytest.mark.parametrize(
+    "mutate, error, message",
+    [
+        (lambda d: d["heads"][0].__setitem__("coefficient", d["heads"][0]["coefficient"] + 1e-6), IntegrityError, "digest mismatch"),
+        (lambda d: d["base"]["tensors"].__setitem__(next(iter(d["base"]["tensors"])), "0" * 64), IntegrityError, "digest mismatch"),
+        (lambda d: d.__setitem__("schema_version", 2), InvalidInputError, "schema_version: 2 is not supported"),
+        (lambda d: d.__setitem__("extra", 1), InvalidInputError, "extra: unknown key"),
+        (lambda d: d["heads"][0].__setitem__("layer", 30), InvalidInputError, "layer out of range (model has 30 layers)"),
+        (lambda d: d["heads"][0].__setitem__("head", 9), InvalidInputError, "head out of range (model has 9 heads per layer)"),
+        (lambda d: d["heads"].append(dict(d["heads"][0])), InvalidInputError, "listed twice"),
+    ],
+)
+def test_tampered_or_invalid_manifests_are_refused(tmp_path, mutate, error, message):
+    doc = json.loads(GOLDEN_V1.read_text())
+    mutate(doc)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(error) as info:
+        read_manifest(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_coefficients_are_refused(tmp_path, value):
+    doc = json.loads(GOLDEN_V1.read_text())
+    doc["heads"][0]["coefficient"] = value
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InvalidInputError, match="heads.0.coefficient: Input should be a finite number"):
+        read_manifest(path)
+    with pytest.raises(InvalidInputError, match="not representable"):
+        seal(doc)
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(NotFoundError):
+        read_manifest(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        read_manifest(bad)
+
+
+def test_committed_schemas_match_the_models():
+    assert stale_schemas() == []
+    for name, schema in schemas().items():
+        committed = (Path(__file__).resolve().parents[2] / "pearzoo" / "schemas" / f"{name}.schema.json").read_text()
+        assert committed == render(schema)
+
+
+def test_write_leaves_no_temp_files(tmp_path):
+    m = read_manifest(GOLDEN_V1)
+    write_manifest(m, tmp_path / "m.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
