@@ -76,7 +76,8 @@ def show(model: str, digest: str | None, registry: str | None, json_mode: bool) 
     from pearzoo.registry import open_registry
 
     details = open_registry(registry).show(model, digest)
-    Output(json_mode=json_mode).result(details, _render(details))
+    # exclude_unset keeps the manifest exactly as sealed, so the printed copy still matches its digest.
+    Output(json_mode=json_mode).result(details.model_dump(mode="json", exclude_unset=True), _render(details))
 
 
 def _render(details: Any) -> str:

@@ -190,16 +190,6 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def _base_model_prefix(model_type: str | None) -> str | None:
-    """The `base_model_prefix` of the model_type's `*ForCausalLM` class (old checkpoints omit it from names)."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
-    cls = getattr(transformers, name, None) if isinstance(name, str) else None
-    return getattr(cls, "base_model_prefix", None)
-
-
 def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest) -> FoldPlan:
     """Which stored tensors to fold with which coefficients, from the manifest's recipe and the config.
 
@@ -231,7 +221,9 @@ def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest) -> F
     for h in manifest.heads:
         by_layer[h.layer][h.head] = h.coefficient
     ckpt = Checkpoint(directory)
-    prefix = _base_model_prefix(config.get("model_type"))
+    # Old checkpoints store names without the base-model prefix (`h.0.attn...` for `transformer.h.0.attn...`);
+    # that prefix is the first component of the recipe's layers path (model, transformer, gpt_neox).
+    prefix = recipe.heads.layers.split(".")[0]
     folds: dict[str, dict[str, TensorFold]] = defaultdict(dict)
     for layer, coefficients in sorted(by_layer.items()):
         name = geometry.tensor_name(layer)

@@ -323,7 +323,10 @@ def write_patched(
             )
             report.shards += 1
         report.copied_files = _copy_plain_files(plan.source_dir, tmp, {**config, CONFIG_KEY: config_block(manifest)})
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        # exclude_unset: the document as it was sealed (a default-valued key that was absent stays absent),
+        # so the copy still matches its digest.
+        document = manifest.model_dump(mode="json", exclude_unset=True)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(render_card(manifest, plan.source_dir), encoding="utf-8")
         _fsync_dir(tmp)
         _move_into_place(tmp, out, force)

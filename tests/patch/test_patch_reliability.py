@@ -1,0 +1,80 @@
+"""Patch through huggingface_hub's real cache with HF_HUB_OFFLINE=1, and a patch process killed mid-write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pearzoo.patch.api import PatchOptions, patch_model
+from pearzoo.patch.write import TEMP_PREFIX
+from pearzoo.registry.local import LocalRegistry
+from tiny_checkpoints import hub_cache_layout, make_manifest, tree_state, write_json
+
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+# Runs `pearzoo ARGS...` with shard writing slowed down: after the first shard it touches FLAG and sleeps,
+# so the test can kill the process while the output is half written.
+SLOW_SHARDS = """
+import pathlib, sys, time
+import pearzoo.patch.write as write
+flag, real = pathlib.Path(sys.argv[1]), write.write_shard
+def slow(*args, **kwargs):
+    n = real(*args, **kwargs)
+    flag.touch()
+    time.sleep(120)
+    return n
+write.write_shard = slow
+from pearzoo.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_patch_by_repo_id_from_the_hub_cache_leaves_the_cache_untouched(sharded_dir, tmp_path):
+    # In-process: `isolate` set HF_HUB_OFFLINE=1 and HF_HUB_CACHE, and patched the huggingface_hub constants
+    # that it reads from them at import. snapshot_download itself is real.
+    import huggingface_hub.constants as hf_constants
+
+    cache = Path(hf_constants.HF_HUB_CACHE)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and hf_constants.HF_HUB_OFFLINE
+    snapshot = hub_cache_layout(cache, "pearzoo-test/tiny-llama", sharded_dir, COMMIT)
+    registry = tmp_path / "reg"
+    doc = make_manifest(snapshot, model_id="pearzoo-test/tiny-llama", revision=COMMIT)
+    LocalRegistry(registry).publish(write_json(doc, tmp_path / "m.json"))
+    before = tree_state(cache)
+    out = tmp_path / "out"
+    result = patch_model(PatchOptions(model="pearzoo-test/tiny-llama", registry=str(registry), out=out))
+    assert (result.source, result.revision, result.manifest) == ("hub", COMMIT, doc["digest"])
+    assert tree_state(cache) == before  # same bytes, same mtimes, same symlinks: the cache was only read
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted([*(p.name for p in snapshot.iterdir()), "README.md", "pearzoo.manifest.json"])
+    assert not any(p.is_symlink() for p in out.iterdir())  # copies, not links into the cache's blobs
+    blobs = {p.stat().st_ino for p in (cache / "models--pearzoo-test--tiny-llama" / "blobs").iterdir()}
+    assert not blobs & {p.stat().st_ino for p in out.iterdir()}  # and not hard links either
+
+
+def test_a_patch_killed_mid_write_leaves_no_output(sharded_dir, tmp_path):
+    manifest = write_json(make_manifest(sharded_dir), tmp_path / "m.json")
+    out, flag = tmp_path / "out", tmp_path / "first-shard-written"
+    args = ["patch", str(sharded_dir), "--manifest", str(manifest), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SHARDS, str(flag), *args], env=os.environ)
+    try:
+        deadline = time.monotonic() + 90
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists(), f"the patch never wrote a shard (exit {proc.poll()})"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    [temp] = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert temp.name == f"{TEMP_PREFIX}{proc.pid}-out" and len(list(temp.glob("*.safetensors"))) == 1
+    # The next patch into the same directory removes the dead run's temp dir, then succeeds.
+    patch_model(PatchOptions(model=str(sharded_dir), manifest=manifest, out=out))
+    assert not temp.exists() and (out / "model.safetensors.index.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
