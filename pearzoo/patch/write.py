@@ -39,6 +39,7 @@ MANIFEST_NAME = "pearzoo.manifest.json"
 CARD_NAME = "README.md"
 INDEX_NAME = "model.safetensors.index.json"
 COPY_CHUNK = 16 * 2**20
+_PAGE = 4096
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 # Weight formats other than safetensors: never copied, or the output would hold unpatched weights.
@@ -115,16 +116,24 @@ def clean_stale_temps(parent: Path) -> list[Path]:
 # --- safetensors streaming -------------------------------------------------------------------------------
 
 
+def _read_exact(fh: BinaryIO, n: int, path: Path) -> bytes:
+    parts, left = [], n
+    while left > 0:
+        chunk = fh.read(left)
+        if not chunk:
+            raise InvalidInputError(f"{path}: truncated safetensors file", path=str(path))
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def read_header(fh: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
     """The JSON header of a safetensors file and the offset where its data section starts."""
-    raw = fh.read(8)
-    if len(raw) != 8:
-        raise InvalidInputError(f"{path}: not a safetensors file (truncated)", path=str(path))
-    (size,) = struct.unpack("<Q", raw)
+    (size,) = struct.unpack("<Q", _read_exact(fh, 8, path))
     if size > MAX_HEADER:
         raise InvalidInputError(f"{path}: not a safetensors file (header of {size} bytes)", path=str(path))
     try:
-        header = json.loads(fh.read(size))
+        header = json.loads(_read_exact(fh, size, path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{path}: not a safetensors file (bad header)", path=str(path)) from exc
     if not isinstance(header, dict):
@@ -132,21 +141,45 @@ def read_header(fh: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + size
 
 
-def _encode_header(header: dict[str, Any]) -> bytes:
+def _encode_header(header: dict[str, Any], data_start: int) -> bytes:
+    """Header bytes, padded with spaces (valid JSON whitespace, as safetensors pads) so that the output's data
+    section starts at the same offset modulo the page size as the source's: then the kernel can copy the
+    untouched bytes page to page, about twice as fast as between misaligned offsets."""
     data = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    data += b" " * (-len(data) % 8)  # pad as safetensors does, so the data section stays 8-byte aligned
+    data += b" " * ((data_start - 8 - len(data)) % _PAGE)
     return struct.pack("<Q", len(data)) + data
 
 
-def _copy_range(src: BinaryIO, dst: BinaryIO, length: int, update: Callable[[int], Any] | None) -> None:
+def _copy_range(src: BinaryIO, dst: BinaryIO, length: int, path: Path, update: Callable[[int], Any] | None) -> None:
+    """Copy `length` bytes from `src`'s position to `dst`'s (both unbuffered), in the kernel where it can.
+
+    `os.copy_file_range` never passes the bytes through Python; on filesystems with reflinks it may share
+    blocks copy-on-write, which is still an independent file (never a hard link). Fallback: read/write.
+    """
+    kernel = hasattr(os, "copy_file_range")
     while length > 0:
-        chunk = src.read(min(COPY_CHUNK, length))
-        if not chunk:
-            raise InvalidInputError(f"{src.name}: truncated safetensors file")
-        dst.write(chunk)
-        length -= len(chunk)
+        n = min(COPY_CHUNK, length)
+        done = 0
+        if kernel:
+            try:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), n)
+            except OSError:
+                kernel = False  # e.g. EXDEV or an old kernel: fall through to plain copies
+        if not done:
+            chunk = src.read(n)
+            if not chunk:
+                raise InvalidInputError(f"{path}: truncated safetensors file", path=str(path))
+            _write_all(dst, chunk)
+            done = len(chunk)
+        length -= done
         if update:
-            update(len(chunk))
+            update(done)
+
+
+def _write_all(fh: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view) :]
 
 
 def _fold_bytes(raw: bytes, entry: dict[str, Any], fold: TensorFold, plan: FoldPlan, path: Path) -> bytes:
@@ -178,7 +211,8 @@ def write_shard(
     update: Callable[[int], Any] | None = None,
 ) -> int:
     """Copy one safetensors file to `dst`, folding the tensors in `folds`; returns the bytes written."""
-    with open(src, "rb") as fin:
+    # Unbuffered on both sides: the kernel copies between the two file positions.
+    with open(src, "rb", buffering=0) as fin:
         header, data_start = read_header(fin, src)
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
         missing = sorted(set(folds) - set(entries))
@@ -186,23 +220,22 @@ def write_shard(
             raise InvalidInputError(f"{src}: tensor {missing[0]} is not in this shard, as its index says")
         out_header = dict(header)
         out_header["__metadata__"] = {**(header.get("__metadata__") or {}), **metadata}
-        encoded = _encode_header(out_header)
-        data_len = src.stat().st_size - data_start
+        encoded = _encode_header(out_header, data_start)
+        data_len = os.fstat(fin.fileno()).st_size - data_start
         ranges = sorted((entries[name]["data_offsets"][0], entries[name]["data_offsets"][1], name) for name in folds)
-        with open(dst, "xb") as fout:
-            fout.write(encoded)
+        with open(dst, "xb", buffering=0) as fout:
+            _write_all(fout, encoded)
             pos = 0
             for begin, end, name in ranges:
-                _copy_range(fin, fout, begin - pos, update)
-                raw = fin.read(end - begin)
-                if len(raw) != end - begin:
-                    raise InvalidInputError(f"{src}: truncated safetensors file", path=str(src))
-                fout.write(_fold_bytes(raw, entries[name], folds[name], plan, src))
+                if not pos <= begin <= end <= data_len:
+                    raise InvalidInputError(f"{src}: tensor {name} has invalid data offsets", path=str(src))
+                _copy_range(fin, fout, begin - pos, src, update)
+                raw = _read_exact(fin, end - begin, src)
+                _write_all(fout, _fold_bytes(raw, entries[name], folds[name], plan, src))
                 if update:
                     update(end - begin)
                 pos = end
-            _copy_range(fin, fout, data_len - pos, update)
-            fout.flush()
+            _copy_range(fin, fout, data_len - pos, src, update)
             os.fsync(fout.fileno())
     return len(encoded) + data_len
 
