@@ -227,6 +227,10 @@ def model_card(name: str, cfg: dict, metrics: dict, env: dict) -> str:
     arch, tcfg, family = cfg["arch"], cfg["train"], cfg["models"][name]["family"]
     position = {"llama": "RoPE (rotary, theta 10000)", "bloom": "ALiBi (linear attention biases)",
                 "gpt2": "learned absolute position embeddings (512)"}[family]
+    versions = cfg["data"]["expect_versions"]
+    packages = cfg["data"]["packages"]
+    packages_text = ", ".join(f"{p}=={versions[p]}" for p in packages)
+    tokens_m = json.loads((ZOO / "tokens.json").read_text())["train"]["tokens"] / 1e6
     acc = metrics["copy_accuracy_bf16"]
     ns = list(acc)
     rows = "\n".join(f"| {n} | {acc[n]:.3f} |" for n in ns)
@@ -250,10 +254,10 @@ order, steps, optimizer and seed; only the architecture family differs. It is no
 - Weights stored in bfloat16 (`model.safetensors`, {metrics['safetensors_bytes'] / 2**20:.1f} MiB).
 
 ## Training data
-Python sources of 14 version-pinned, permissively licensed packages (networkx, sympy, Pygments, mpmath,
-pyparsing, rich, trio, pytest, Werkzeug, Jinja2, click, urllib3, requests, packaging) plus tinyshakespeare
-(MIT) and a TinyStories subset (CDLA-Sharing-1.0). File list, versions, licenses and sha256 digests:
-`zoo/DATA.md` and `zoo/data_manifest.json` in the pearzoo repository.
+Python sources of {len(packages)} version-pinned, permissively licensed packages ({packages_text}) plus
+tinyshakespeare (MIT) and a TinyStories subset (CDLA-Sharing-1.0): {tokens_m:.1f}M training tokens, so
+{metrics['tokens_seen'] / 1e6 / tokens_m:.1f} passes over the data. File list, versions, licenses and sha256
+digests: `zoo/DATA.md` and `zoo/data_manifest.json` in the pearzoo repository.
 
 ## Training
 - {metrics['steps']} steps of {tcfg['batch_size']} x {tcfg['seq_len']} tokens ({metrics['tokens_seen'] / 1e6:.0f}M tokens), AdamW
