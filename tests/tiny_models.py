@@ -145,6 +145,14 @@ def _bloom() -> PreTrainedConfig:
     return BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=3, n_head=NUM_HEADS)
 
 
+def _bloom_tp_slow_exact() -> PreTrainedConfig:
+    from transformers import BloomConfig
+
+    # pretraining_tp > 1 with slow_but_exact: BloomAttention then calls F.linear on slices of dense.weight
+    # instead of calling `dense`, so hooks on the output projection never fire (a real config path).
+    return BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=3, n_head=NUM_HEADS, pretraining_tp=2, slow_but_exact=True)
+
+
 def _mpt() -> PreTrainedConfig:
     from transformers import MptConfig
 
@@ -233,7 +241,7 @@ _CONFIGS: dict[str, dict[str, Callable[[], PreTrainedConfig]]] = {
     "phi3": {"gqa": _phi3},
     "starcoder2": {"bias": _starcoder2},
     "gpt_neox": {"bias": _gpt_neox},
-    "bloom": {"bias": _bloom},
+    "bloom": {"bias": _bloom, "tp_slow_exact": _bloom_tp_slow_exact},
     "mpt": {"alibi": _mpt},
     "falcon": {"rope": _falcon_rope, "alibi": _falcon_alibi, "new_decoder": _falcon_new_decoder},
     "gpt2": {"conv1d": _gpt2},
@@ -271,10 +279,15 @@ def tiny_model(model_type: str, variant: str | None = None) -> tuple[Any, Recipe
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
-    # Random init leaves LayerNorm/RMSNorm weights at their constants and biases at zero; perturb every
-    # parameter so a bias the fold wrongly scales, or a norm that hides a slice, shows up in the numbers.
+    # The default init (std 0.02, norms at their constants, zero biases) makes heads nearly silent in a
+    # 3-layer model, so a wrong head slice or a missed freeze would hide under the tolerances. Re-draw:
+    # matrices at unit scale per input, and every norm weight and bias perturbed by 0.1, so each head moves
+    # the read-out metric by 1e-3 or more and a bias the fold wrongly scales shows up in the numbers.
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
+            if param.ndim >= 2:
+                param.normal_(0.0, param.shape[-1] ** -0.5)
+            else:
+                param.add_(torch.randn_like(param) * 0.1)
     recipe, _ = recipe_for_config(model.config)
     return model, recipe
