@@ -305,9 +305,7 @@ def _patch_materialized(
     clean_stale_temps(out.parent)
     stage = temp_dir_for(out, ".stage")
     try:
-        model.save_pretrained(stage)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(stage)
+        stage_safetensors(model, tokenizer, stage)
         del model
         config = _read_config(stage)
         plan = plan_folds(stage, config, manifest)
@@ -315,6 +313,42 @@ def _patch_materialized(
         return plan, write_patched(plan, manifest, config, out, force=options.force, progress=progress)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def stage_safetensors(model: Any, tokenizer: Any, directory: Path, max_shard_size: str = "5GB") -> None:
+    """Save a loaded model as a plain safetensors checkpoint (config, shards and index, tokenizer).
+
+    transformers refuses `save_pretrained` for a GGUF-loaded model (its quantizer is not serializable), and
+    the dequantized weights are all we need, so the state dict is written here: tied weights once (the
+    first name; transformers re-ties them on load), shards as huggingface_hub splits them, and the config
+    without its `quantization_config`.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    state: dict[str, Any] = {}
+    seen: set[tuple[int, Any, tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.detach().contiguous()
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, str(directory / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    config = model.config.to_diff_dict()
+    config.pop("quantization_config", None)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.to_json_file(str(directory / "generation_config.json"))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
 
 
 __all__ = ["PatchOptions", "PatchResult", "find_manifest", "patch_model", "plan_folds", "verify_plan"]

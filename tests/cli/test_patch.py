@@ -131,6 +131,9 @@ def test_patch_errors_are_one_line_with_their_exit_code(tiny_dir, manifest, tmp_
     code, _, err = run(["patch", str(tiny_dir), "--manifest", str(tampered), "--out", out], capsys)
     assert code == 5
     assert_one_error(err, f"{tampered}: digest mismatch")
+    code, _, err = run(["verify", str(tampered)], capsys)  # the same manifest, refused by verify too
+    assert code == 5
+    assert_one_error(err, f"{tampered}: digest mismatch")
 
     code, _, err = run(["patch", "org/not-cached", "--out", out], capsys)
     assert code == 6
@@ -169,3 +172,20 @@ def test_pickle_needs_allow_pickle_and_a_second_patch_is_refused(tiny_dir, manif
     code, _, err = run(["patch", str(tmp_path / "once"), "--manifest", str(manifest), "--out", str(tmp_path / "twice")], capsys)
     assert code == 5
     assert_one_error(err, f"{tmp_path / 'once'} is already patched by pearzoo")
+
+
+def test_a_meta_original_id_is_patched_as_its_twin_and_said_on_stderr(tiny_dir, tmp_path, capsys):
+    import huggingface_hub.constants as hf_constants
+
+    from tiny_checkpoints import hub_cache_layout
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub_cache_layout(Path(hf_constants.HF_HUB_CACHE), "meta-llama/Llama-2-7b-hf", tiny_dir, commit)
+    registry = tmp_path / "reg"
+    doc = make_manifest(tiny_dir, model_id="meta-llama/Llama-2-7b-hf", revision=commit)
+    LocalRegistry(registry).publish(write_json(doc, tmp_path / "m.json"))
+    code, stdout, err = run(["patch", "meta-llama/Llama-2-7b", "--registry", str(registry), "--out", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0
+    assert err == "warning: meta-llama/Llama-2-7b is in Meta's original format; using its transformers twin meta-llama/Llama-2-7b-hf\n"
+    result = json.loads(stdout)
+    assert (result["model_id"], result["revision"], result["manifest"]) == ("meta-llama/Llama-2-7b-hf", commit, doc["digest"])

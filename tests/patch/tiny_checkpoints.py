@@ -88,10 +88,7 @@ def make_manifest(
 
     from pearzoo.binding import base_digests
     from pearzoo.heads import geometry_from_config
-    from pearzoo.manifest.io import seal
-    from pearzoo.manifest.schema import Manifest
     from pearzoo.recipe.catalog import get_recipe
-    from pearzoo.recipe.load import recipe_digest
     from pearzoo.source import ModelSource
 
     recipe, _ = get_recipe("rope/llama")
@@ -100,12 +97,36 @@ def make_manifest(
     source = ModelSource(kind="directory", path=Path(model_dir), model_id=model_id, revision=revision)
     prefix_holder = type("Prefix", (), {"base_model_prefix": "model"})()
     tensors = base_digests(source, prefix_holder, {geometry.tensor_name(layer) for layer, _ in heads})
+    return manifest_document(config, tensors, heads, model_id=model_id, revision=revision)
+
+
+def manifest_document(
+    config: Any,
+    tensors: dict[str, str],
+    heads: Mapping[tuple[int, int], float],
+    *,
+    model_id: str,
+    revision: str | None = None,
+    recipe_id: str = "rope/llama",
+    base_format: str = "safetensors",
+    file: str | None = None,
+) -> dict[str, Any]:
+    """Seal and validate a manifest for a model config, its bound tensor digests and the given coefficients."""
+    from pearzoo.heads import geometry_from_config
+    from pearzoo.manifest.io import seal
+    from pearzoo.manifest.schema import Manifest
+    from pearzoo.recipe.catalog import get_recipe
+    from pearzoo.recipe.load import recipe_digest
+
+    recipe, _ = get_recipe(recipe_id)
+    geometry = geometry_from_config(recipe.heads, config)
     document = {
         "schema_version": 1,
         "base": {
             "model_id": model_id,
             "revision": revision,
-            "format": "safetensors",
+            "format": base_format,
+            **({"file": file} if file else {}),
             "model_type": config.model_type,
             "architectures": list(config.architectures or []),
             "dtype": "float32",
