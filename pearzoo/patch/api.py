@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pearzoo.binding import verify_base
-from pearzoo.errors import IntegrityError, InvalidInputError, UnsafeInputError
+from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, UnsafeInputError
 from pearzoo.manifest.schema import Manifest
 from pearzoo.patch.resolve import registry_manifest, resolve_manifest, resolve_source, transformers_twin
 from pearzoo.patch.write import (
@@ -41,6 +41,7 @@ from pearzoo.source import ModelSource
 logger = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[str, int], Any]
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 Notify = Callable[[str], None]
 
 
@@ -247,7 +248,6 @@ def verify_plan(plan: FoldPlan, manifest: Manifest, model_id: str) -> None:
     Raises:
         IntegrityError: naming the first tensor that differs or is missing.
     """
-    from pearzoo.errors import NotFoundError
     from pearzoo.shards import Checkpoint
 
     ckpt = Checkpoint(plan.source_dir)
@@ -270,6 +270,8 @@ def _patch_materialized(
     from pearzoo.source import load_model
 
     if not source.gguf_file:
+        if not any(f.suffix in _PICKLE_SUFFIXES for f in source.path.iterdir()):
+            raise NotFoundError(f"{source.path}: no weights (no .safetensors, .bin or .pt files)", path=str(source.path))
         if not options.allow_pickle:
             raise UnsafeInputError(
                 f"{source.path}: only pickle weights (.bin/.pt) found; they can run code when loaded",
