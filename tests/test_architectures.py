@@ -233,6 +233,17 @@ def test_mean_ablation_moves_projection_by_hand_value(case: Case) -> None:
     model, recipe, geometry = case.model, case.recipe, case.geometry
     ids = _tokens(model, 4, 10, seed=4)
     p = 6
+    if case.key in REFUSED:
+        # The fact behind the refusal: the module the recipe names is never called, so it cannot be observed.
+        calls: list[int] = []
+        handles = [output_projection(model, geometry, l).register_forward_pre_hook(lambda m, a, l=l: calls.append(l)) for l in range(geometry.num_layers)]
+        try:
+            _logits(model, ids)
+        finally:
+            for h in handles:
+                h.remove()
+        assert calls == []
+        return
     for head in [HeadId(0, 0), HeadId(geometry.num_layers - 1, geometry.num_heads - 1)]:
         proj = output_projection(model, geometry, head.layer)
         sl = _slice(head.head, geometry.head_dim)
@@ -335,6 +346,11 @@ def test_locate_matches_reference(case: Case, scope: Scope) -> None:
     model, recipe, geometry = case.model, case.recipe, case.geometry
     space = _space(model, recipe)
     spec = LocateSpec(scope=scope, k=2, configurations=LOCATE_CONFIGURATIONS, max_batch_rows=LOCATE_MAX_BATCH_ROWS)
+    if case.key in REFUSED:
+        with pytest.raises(InvalidInputError) as info:
+            locate_heads(model, geometry, spec, space, seed=LOCATE_SEED)
+        assert str(info.value) == REFUSED[case.key]
+        return
     result = locate_heads(model, geometry, spec, space, seed=LOCATE_SEED)
     assert len(result.configurations) == len(LOCATE_CONFIGURATIONS)
     for index, (conf, got) in enumerate(zip(LOCATE_CONFIGURATIONS, result.configurations)):
