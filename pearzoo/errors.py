@@ -67,3 +67,11 @@ class BudgetError(PearzooError):
     """A build met its acceptance condition in no step (for example the perplexity budget)."""
 
     exit_code = 7
+
+
+def validation_location(exc: Exception) -> tuple[str, str]:
+    """`(dotted.field, message)` of the first error of a pydantic `ValidationError`."""
+    err = exc.errors()[0]  # type: ignore[attr-defined]
+    loc = ".".join(str(part) for part in err["loc"]) or "<root>"
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return loc, msg

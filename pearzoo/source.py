@@ -189,7 +189,6 @@ def load_model(
     Raises:
         UnsafeInputError: only pickle weights are present and `allow_pickle` is false.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = dtype_from_name(dtype)

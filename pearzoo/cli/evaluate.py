@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from pearzoo.cli._output import Output, json_option, quiet_option

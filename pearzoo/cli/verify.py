@@ -21,23 +21,12 @@ def verify(manifest: Path, json_mode: bool) -> None:
     Examples:
       pearzoo verify smollm2.pear.json
     """
-    import json
+    from pearzoo.manifest.io import check_published_schema, parse_manifest, read_manifest_document
 
-    import jsonschema
-
-    from pearzoo.errors import InvalidInputError
-    from pearzoo.manifest.io import read_manifest
-    from pearzoo.schema_export import load_schema
-
-    try:
-        document = json.loads(manifest.read_text())
-        jsonschema.validate(document, load_schema("manifest"))
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
-        raise InvalidInputError(f"{manifest}: {where}: {exc.message}", path=str(manifest)) from exc
-    except (OSError, ValueError):
-        pass  # read_manifest below reports unreadable files and bad JSON with their own messages
-    m = read_manifest(manifest)
+    document = read_manifest_document(manifest)
+    # The published JSON Schema first: it is what third-party tools check, so its message is theirs too.
+    check_published_schema(document, source=str(manifest))
+    m = parse_manifest(document, source=str(manifest))
     Output(json_mode=json_mode).result(
         {"path": str(manifest), "valid": True, "digest": m.digest, "model_id": m.base.model_id, "heads": len(m.heads)},
         f"ok {manifest}: {m.base.model_id}, {len(m.heads)} heads, digest {m.digest}",

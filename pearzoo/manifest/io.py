@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pearzoo.digest import document_digest
-from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError
+from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, validation_location
 from pearzoo.manifest.schema import MANIFEST_SCHEMA_VERSION, Manifest
 
 
@@ -45,9 +45,7 @@ def parse_manifest(document: Any, *, source: str, verify_digest: bool = True) ->
     try:
         manifest = Manifest.model_validate(document)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        loc, msg = validation_location(exc)
         raise InvalidInputError(f"{source}: {loc}: {msg}", path=source, field=loc) from exc
     if verify_digest:
         actual = manifest_digest(document)
@@ -61,13 +59,12 @@ def parse_manifest(document: Any, *, source: str, verify_digest: bool = True) ->
     return manifest
 
 
-def read_manifest(path: str | Path, *, verify_digest: bool = True) -> Manifest:
-    """Read and verify a manifest file.
+def read_manifest_document(path: str | Path) -> dict[str, Any]:
+    """The raw JSON document of a manifest file, unvalidated.
 
     Raises:
         NotFoundError: no such file.
-        InvalidInputError: not JSON, or fails the schema.
-        IntegrityError: digest mismatch.
+        InvalidInputError: unreadable, or not JSON.
     """
     p = Path(path)
     try:
@@ -77,10 +74,37 @@ def read_manifest(path: str | Path, *, verify_digest: bool = True) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{p}: cannot read manifest: {exc}", path=str(p)) from exc
     try:
-        document = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{p}: not valid JSON (line {exc.lineno})", path=str(p)) from exc
-    return parse_manifest(document, source=str(p), verify_digest=verify_digest)
+
+
+def check_published_schema(document: Any, *, source: str) -> None:
+    """Validate against the committed JSON Schema, which other tools use; it must agree with the model.
+
+    Raises:
+        InvalidInputError: naming `source` and the offending field.
+    """
+    import jsonschema
+
+    from pearzoo.schema_export import load_schema
+
+    try:
+        jsonschema.validate(document, load_schema("manifest"))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
+        raise InvalidInputError(f"{source}: {where}: {exc.message}", path=source, field=where) from exc
+
+
+def read_manifest(path: str | Path, *, verify_digest: bool = True) -> Manifest:
+    """Read and verify a manifest file.
+
+    Raises:
+        NotFoundError: no such file.
+        InvalidInputError: not JSON, or fails the schema.
+        IntegrityError: digest mismatch.
+    """
+    return parse_manifest(read_manifest_document(path), source=str(path), verify_digest=verify_digest)
 
 
 def manifest_json(manifest: Manifest) -> str:

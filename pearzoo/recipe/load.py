@@ -10,17 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from pearzoo.digest import document_digest
-from pearzoo.errors import InvalidInputError, NotFoundError
+from pearzoo.errors import InvalidInputError, NotFoundError, validation_location
 from pearzoo.recipe.schema import RECIPE_SCHEMA_VERSION, Recipe
-
-
-def _first_error(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"]) or "<root>"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return loc, msg
 
 
 def parse_recipe(data: Any, *, source: str) -> Recipe:
@@ -41,7 +32,7 @@ def parse_recipe(data: Any, *, source: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        loc, msg = _first_error(exc)
+        loc, msg = validation_location(exc)
         raise InvalidInputError(f"{source}: {loc}: {msg}", path=source, field=loc) from exc
 
 

@@ -11,8 +11,8 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pearzoo.errors import IntegrityError, InvalidInputError, LockTimeoutError, NotFoundError, ResourceError
-from pearzoo.manifest.io import atomic_write_text, parse_manifest
+from pearzoo.errors import PearzooError, IntegrityError, InvalidInputError, LockTimeoutError, NotFoundError, ResourceError
+from pearzoo.manifest.io import atomic_write_text, check_published_schema, parse_manifest, read_manifest, read_manifest_document
 from pearzoo.manifest.schema import Manifest
 from pearzoo.registry.base import (
     INDEX_NAME,
@@ -133,27 +133,9 @@ class LocalRegistry(Registry):
 
 
 def _read_for_publish(path: Path) -> tuple[Manifest, dict]:
-    import jsonschema
-
-    from pearzoo.schema_export import load_schema
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"{path}: manifest not found", path=str(path)) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: cannot read manifest: {exc}", path=str(path)) from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON (line {exc.lineno})", path=str(path)) from exc
+    document = read_manifest_document(path)
     manifest = parse_manifest(document, source=str(path))
-    # The committed schema is what other tools validate against; it must agree with the pydantic model.
-    try:
-        jsonschema.validate(document, load_schema("manifest"))
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
-        raise InvalidInputError(f"{path}: {where}: {exc.message}", path=str(path), field=where) from exc
+    check_published_schema(document, source=str(path))
     return manifest, document
 
 
@@ -187,8 +169,8 @@ def check_recipe(manifest: Manifest, *, source: str) -> None:
 
 def _digest_of_file(path: Path) -> str | None:
     try:
-        return parse_manifest(json.loads(path.read_text(encoding="utf-8")), source=str(path)).digest
-    except Exception:  # any unreadable or invalid file is simply "not this manifest"
+        return read_manifest(path).digest
+    except PearzooError:  # any unreadable or invalid file is simply "not this manifest"
         return None
 
 
