@@ -78,13 +78,16 @@ def resolve_recipe(options: BuildOptions, source: ModelSource) -> tuple[Recipe, 
     return recipe, path
 
 
-def prepare(options: BuildOptions) -> BuildContext:
-    """Resolve and load the model and the recipe, and check that they fit together."""
+def prepare(options: BuildOptions, recipe: tuple[Recipe, Path] | None = None) -> BuildContext:
+    """Resolve and load the model and the recipe, and check that they fit together.
+
+    `recipe` (a recipe and where it came from) replaces `options.recipe`, e.g. the settings a manifest recorded.
+    """
     from pearzoo.proxy import token_space
 
     start = time.perf_counter()
     source = resolve_model(options.model, options.revision)
-    recipe, recipe_path = resolve_recipe(options, source)
+    recipe, recipe_path = recipe or resolve_recipe(options, source)
     model, tokenizer = load_model(
         source, dtype=options.dtype, device=options.device, device_map=options.device_map, allow_pickle=options.allow_pickle
     )

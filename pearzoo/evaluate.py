@@ -156,16 +156,13 @@ def run_eval(
     manifest = read_manifest(manifest_path) if manifest_path else None
     options = BuildOptions(model=model_ref, revision=revision, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if manifest is not None:
-        # The manifest carries the exact recipe it was built with; evaluate under the same proxy settings.
-        import json
-        import tempfile
         from pathlib import Path
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "recipe.yaml"
-            path.write_text(json.dumps(manifest.recipe.settings))
-            options.recipe = str(path)
-            ctx = prepare(options)
+        from pearzoo.recipe.load import parse_recipe
+
+        # The manifest carries the exact recipe it was built with; evaluate under the same proxy settings.
+        source = f"{manifest_path}: recipe.settings"
+        ctx = prepare(options, (parse_recipe(manifest.recipe.settings, source=source), Path(manifest_path)))
         verify_base(manifest.base.tensors, base_digests(ctx.source, ctx.model, manifest.base.tensors), model_ref)
     else:
         ctx = prepare(options)

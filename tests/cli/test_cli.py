@@ -67,6 +67,15 @@ def test_build_writes_a_manifest_that_verifies(stories260k_dir, tmp_path, capsys
     code, stdout, _ = run_main(["verify", str(out), "--json"], capsys)
     assert code == 0 and json.loads(stdout)["digest"] == on_disk["digest"]
 
+    # eval with the manifest: patched and random-heads entries, under the manifest's own recipe settings.
+    code, stdout, _ = run_main(["eval", "-m", str(stories260k_dir), "--manifest", str(out), "--sequences", "6", "--lengths", "6", "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["manifest"] == on_disk["digest"]
+    assert set(report["copy_accuracy"]["6"]) == {"base", "patched", "random_heads"}
+    assert report["heads"] == [f"{h['layer']}.{h['head']}" for h in on_disk["heads"]]
+    assert not set(report["random_heads"]) & set(report["heads"]) and len(report["random_heads"]) == 2
+
     # One changed coefficient: verify refuses with exit 5 and one line naming the mismatch.
     on_disk["heads"][0]["coefficient"] += 0.001
     tampered = tmp_path / "t.json"
