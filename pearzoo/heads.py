@@ -148,6 +148,19 @@ def output_projection(model: Any, geometry: HeadGeometry, layer: int) -> Any:
         ) from exc
 
 
+def unobservable_projection(geometry: HeadGeometry, layer: int) -> InvalidInputError:
+    """The error for a model that computes its attention output without calling the recipe's module.
+
+    BLOOM with pretraining_tp > 1 and slow_but_exact multiplies slices of the weight itself, so no hook on
+    the output projection ever runs: its heads can be neither observed (locate) nor scaled (hooks).
+    """
+    return InvalidInputError(
+        f"layer {layer}: the model never calls {geometry.module_path(layer)}, so its heads cannot be observed "
+        "(unsupported configuration of this architecture)",
+        field="heads",
+    )
+
+
 def decoder_layers(model: Any, geometry: HeadGeometry) -> Any:
     """The decoder-layer ModuleList of a loaded model."""
     try:

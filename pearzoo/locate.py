@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pearzoo.errors import InvalidInputError
-from pearzoo.heads import HeadGeometry, HeadId, decoder_layers, output_projection
+from pearzoo.heads import HeadGeometry, HeadId, decoder_layers, output_projection, unobservable_projection
 from pearzoo.proxy import TokenSpace, generator, input_device, sample_sequences
 from pearzoo.recipe.schema import LocateSpec, Scope
 
@@ -275,12 +274,7 @@ class _Locator:
                 h.remove()
         missing = [l for l in range(L) if proj_in[l] is None or layer_out[l] is None]
         if missing:
-            # e.g. BLOOM with pretraining_tp > 1 and slow_but_exact: it multiplies slices of the weight itself.
-            raise InvalidInputError(
-                f"layer {missing[0]}: the model never calls {self.geometry.module_path(missing[0])}, so its heads "
-                "cannot be observed (unsupported configuration of this architecture)",
-                field="heads",
-            )
+            raise unobservable_projection(self.geometry, missing[0])
         metric = self.readout(hidden, sequences[:, p + 1])
         return _Clean(cache=cache, layer_out=layer_out, proj_in=proj_in, proj_out=proj_out, metric=metric)
 

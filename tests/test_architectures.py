@@ -62,14 +62,7 @@ REFUSED: dict[tuple[str, str, str], str] = {
 
 # (check, recipe id, model_type, variant) -> (reason, exception it fails with), for checks that fail for a known,
 # reported pearzoo/ defect. strict: once the defect is fixed the case passes, fails here, and the entry goes.
-KNOWN_DEFECTS: dict[tuple[str, str, str, str], tuple[str, type[BaseException]]] = {
-    ("fold", "alibi/bloom", "bloom", "tp_slow_exact"): (
-        "BLOOM pretraining_tp > 1 with slow_but_exact never calls self_attention.dense, so the forward pre-hooks of "
-        "pearzoo/hooks.py scale_heads never fire: it silently scales nothing (hooked logits == base logits) while "
-        "the folded weight does change the model. scale_heads should refuse, as locate does since 798736b.",
-        AssertionError,
-    ),
-}
+KNOWN_DEFECTS: dict[tuple[str, str, str, str], tuple[str, type[BaseException]]] = {}
 
 
 @functools.cache
@@ -182,6 +175,14 @@ def test_hooks_match_fold(case: Case) -> None:
     ids = _tokens(model, 2, 10, seed=2)
 
     base = _logits(model, ids)
+    if case.key in REFUSED:
+        # Scaling a projection the model never calls would silently do nothing: it must be refused.
+        with pytest.raises(InvalidInputError) as info:
+            with scale_heads(model, geometry, coefficients):
+                _logits(model, ids)
+        assert str(info.value) == REFUSED[case.key]
+        assert torch.equal(_logits(model, ids), base), "scale_heads left a hook behind"
+        return
     with scale_heads(model, geometry, coefficients):
         hooked = _logits(model, ids)
     assert torch.equal(_logits(model, ids), base), "scale_heads left a hook behind"
@@ -220,6 +221,12 @@ def test_ones_are_bit_identical(case: Case) -> None:
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed == []
     ids = _tokens(model, 2, 8, seed=3)
+    if case.key in REFUSED:
+        with pytest.raises(InvalidInputError) as info:
+            with scale_heads(model, geometry, ones):
+                _logits(model, ids)
+        assert str(info.value) == REFUSED[case.key]
+        return
     with scale_heads(model, geometry, ones):
         hooked = _logits(model, ids)
     assert torch.equal(hooked, _logits(model, ids))
