@@ -12,13 +12,35 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
     home = tmp_path_factory.mktemp("home")
+    hub_cache = home / "hf" / "hub"
     monkeypatch.setenv("PEARZOO_HOME", str(home / "pearzoo"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("PEARZOO_REGISTRY", raising=False)
     monkeypatch.delenv("PEARZOO_DEBUG", raising=False)
+    # huggingface_hub reads these when it is imported; subprocesses get the env above.
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama saved as one model.safetensors."""
+    from tiny_checkpoints import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def manifest_doc(tiny_dir: Path) -> dict:
+    """A sealed manifest (no training: fixed heads and coefficients) for `tiny_dir`. Read-only."""
+    from tiny_checkpoints import make_manifest
+
+    return make_manifest(tiny_dir)
 
 
 @pytest.fixture(scope="session")

@@ -9,27 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from pearzoo import __version__
-from pearzoo.cli import cli, main
+from cli_run import FAST_BUILD, run_cli
+from pearzoo.cli import cli
 from pearzoo.schema_export import load_schema
 
-FAST = [
-    "--set", "locate.k=2",
-    "--set", "locate.configurations=[{samples: 4, length: 6}]",
-    "--set", "train.steps=2",
-    "--set", "train.batch_size=2",
-    "--set", "train.length=6",
-    "--set", "train.validation_sequences=4",
-    "--set", "train.validate_every=1",
-    "--set", "train.preservation.windows=2",
-    "--set", "train.preservation.window_length=16",
-]
 
 
-def run_main(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def test_version_and_help_list_exit_codes():
@@ -57,18 +42,18 @@ def test_schemas_are_not_stale():
 
 def test_build_writes_a_manifest_that_verifies(stories260k_dir, tmp_path, capsys):
     out = tmp_path / "m.json"
-    code, stdout, _ = run_main(["build", "-m", str(stories260k_dir), "-r", "rope/llama", "--out", str(out), "--json", *FAST], capsys)
+    code, stdout, _ = run_cli(["build", "-m", str(stories260k_dir), "-r", "rope/llama", "--out", str(out), "--json", *FAST_BUILD], capsys)
     assert code == 0
     printed = json.loads(stdout)
     on_disk = json.loads(out.read_text())
     assert printed == on_disk
     jsonschema.validate(on_disk, load_schema("manifest"))
-    assert on_disk["recipe"]["overrides"] == FAST[1::2]
-    code, stdout, _ = run_main(["verify", str(out), "--json"], capsys)
+    assert on_disk["recipe"]["overrides"] == FAST_BUILD[1::2]
+    code, stdout, _ = run_cli(["verify", str(out), "--json"], capsys)
     assert code == 0 and json.loads(stdout)["digest"] == on_disk["digest"]
 
     # eval with the manifest: patched and random-heads entries, under the manifest's own recipe settings.
-    code, stdout, _ = run_main(["eval", "-m", str(stories260k_dir), "--manifest", str(out), "--sequences", "6", "--lengths", "6", "--json"], capsys)
+    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--manifest", str(out), "--sequences", "6", "--lengths", "6", "--json"], capsys)
     assert code == 0
     report = json.loads(stdout)
     assert report["manifest"] == on_disk["digest"]
@@ -80,19 +65,19 @@ def test_build_writes_a_manifest_that_verifies(stories260k_dir, tmp_path, capsys
     on_disk["heads"][0]["coefficient"] += 0.001
     tampered = tmp_path / "t.json"
     tampered.write_text(json.dumps(on_disk))
-    code, stdout, err = run_main(["verify", str(tampered)], capsys)
+    code, stdout, err = run_cli(["verify", str(tampered)], capsys)
     assert code == 5 and stdout == ""
     assert err.startswith(f"error: {tampered}: digest mismatch") and err.count("\n") == 1
 
     # NaN coefficient: a schema violation (exit 3).
     on_disk["heads"][0]["coefficient"] = float("nan")
     tampered.write_text(json.dumps(on_disk))
-    code, _, err = run_main(["verify", str(tampered)], capsys)
+    code, _, err = run_cli(["verify", str(tampered)], capsys)
     assert code == 3 and err.count("\n") == 1 and "coefficient" in err
 
 
 def test_eval_json_without_manifest_has_only_base(stories260k_dir, capsys):
-    code, stdout, _ = run_main(["eval", "-m", str(stories260k_dir), "--sequences", "8", "--lengths", "5,8", "--json"], capsys)
+    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "8", "--lengths", "5,8", "--json"], capsys)
     assert code == 0
     report = json.loads(stdout)
     assert set(report["copy_accuracy"]) == {"5", "8"}
@@ -102,14 +87,14 @@ def test_eval_json_without_manifest_has_only_base(stories260k_dir, capsys):
 
 
 def test_locate_then_train_json(stories260k_dir, tmp_path, capsys):
-    code, stdout, _ = run_main(["locate", "-m", str(stories260k_dir), "-r", "rope/llama", "--json", *FAST], capsys)
+    code, stdout, _ = run_cli(["locate", "-m", str(stories260k_dir), "-r", "rope/llama", "--json", *FAST_BUILD], capsys)
     assert code == 0
     loc = json.loads(stdout)
     assert len(loc["heads"]) == 40 and len(loc["selected"]) == 2
     assert loc["selected"] == [f"{h['layer']}.{h['head']}" for h in loc["heads"][:2]]
     path = tmp_path / "loc.json"
     path.write_text(stdout)
-    code, stdout, _ = run_main(["train", "-m", str(stories260k_dir), "-r", "rope/llama", "--locate-json", str(path), "--json", *FAST], capsys)
+    code, stdout, _ = run_cli(["train", "-m", str(stories260k_dir), "-r", "rope/llama", "--locate-json", str(path), "--json", *FAST_BUILD], capsys)
     assert code == 0
     trained = json.loads(stdout)
     assert [f"{h['layer']}.{h['head']}" for h in trained["heads"]] == loc["selected"]
@@ -134,7 +119,7 @@ def test_locate_then_train_json(stories260k_dir, tmp_path, capsys):
 )
 def test_bad_input_gives_one_line_and_exit_code(argv, code, message, stories260k_dir, tmp_path, capsys):
     argv = [str(stories260k_dir) if a == "STORIES" else str(tmp_path / "missing.json") if a == "MISSING" else a for a in argv]
-    got, stdout, err = run_main(argv, capsys)
+    got, stdout, err = run_cli(argv, capsys)
     assert got == code, err
     assert stdout == ""
     first = err.splitlines()[0]

@@ -4,40 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "patch"))
-
-from pearzoo.cli import main  # noqa: E402
-from pearzoo.manifest.io import read_manifest  # noqa: E402
-from pearzoo.patch.api import PatchResult  # noqa: E402
-from pearzoo.registry.local import LocalRegistry  # noqa: E402
-from tiny_checkpoints import closed_port_url, isolate, make_manifest, save_tiny_llama, tamper, write_json  # noqa: E402
+from cli_run import FAST_BUILD, assert_one_error, run_cli
+from pearzoo.manifest.io import read_manifest
+from pearzoo.patch.api import PatchResult
+from pearzoo.registry.local import LocalRegistry
+from tiny_checkpoints import closed_port_url, make_manifest, save_tiny_llama, tamper, write_json
 
 FOLDED = ["model.layers.0.self_attn.o_proj.weight", "model.layers.1.self_attn.o_proj.weight"]
-FAST_BUILD = [
-    "--set", "locate.k=2",
-    "--set", "locate.configurations=[{samples: 4, length: 6}]",
-    "--set", "train.steps=2",
-    "--set", "train.batch_size=2",
-    "--set", "train.length=6",
-    "--set", "train.validation_sequences=4",
-    "--set", "train.validate_every=1",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
 @pytest.fixture
@@ -45,23 +23,11 @@ def manifest(tiny_dir, tmp_path):
     return write_json(make_manifest(tiny_dir), tmp_path / "m.json")
 
 
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def assert_one_error(err: str, starts: str) -> None:
-    lines = err.splitlines()
-    assert lines[0].startswith(f"error: {starts}"), err
-    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), err
-    assert "Traceback" not in err
 
 
 def test_patch_json_is_a_valid_patch_result(tiny_dir, manifest, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = run(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(out), "--json"], capsys)
+    code, stdout, err = run_cli(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(out), "--json"], capsys)
     assert (code, err) == (0, "")
     result = json.loads(stdout)
     jsonschema.validate(result, PatchResult.model_json_schema())
@@ -69,19 +35,19 @@ def test_patch_json_is_a_valid_patch_result(tiny_dir, manifest, tmp_path, capsys
     assert (result["manifest"], result["tensors"], result["out"], result["shards"]) == (digest, FOLDED, str(out), 1)
     assert read_manifest(out / "pearzoo.manifest.json").digest == digest  # the copy in the output verifies
 
-    code, stdout, _ = run(["verify", str(out / "pearzoo.manifest.json")], capsys)
+    code, stdout, _ = run_cli(["verify", str(out / "pearzoo.manifest.json")], capsys)
     assert code == 0
 
 
 def test_patch_human_output_and_dry_run(tiny_dir, manifest, tmp_path, capsys):
     digest = json.loads(manifest.read_text())["digest"]
-    code, stdout, _ = run(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "d"), "--dry-run"], capsys)
+    code, stdout, _ = run_cli(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "d"), "--dry-run"], capsys)
     assert code == 0 and not (tmp_path / "d").exists()
     assert stdout.splitlines() == [
         f"dry run: tiny-llama is the base of manifest {digest}",
         "would fold 2 tensor(s): 0.1=0.5000, 1.2=1.7500, 1.3=0.2500",
     ]
-    code, stdout, _ = run(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "o")], capsys)
+    code, stdout, _ = run_cli(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "o")], capsys)
     assert code == 0
     assert stdout.splitlines() == [
         f"wrote {tmp_path / 'o'}",
@@ -96,7 +62,7 @@ def test_patch_from_a_registry_by_name(tiny_dir, tmp_path, capsys):
     registry = tmp_path / "reg"
     doc = make_manifest(local, model_id="tiny")
     LocalRegistry(registry).publish(write_json(doc, tmp_path / "m.json"))
-    code, stdout, _ = run(["patch", str(local), "--registry", str(registry), "--out", str(tmp_path / "o"), "--json"], capsys)
+    code, stdout, _ = run_cli(["patch", str(local), "--registry", str(registry), "--out", str(tmp_path / "o"), "--json"], capsys)
     assert code == 0 and json.loads(stdout)["manifest"] == doc["digest"]
 
 
@@ -106,13 +72,13 @@ def test_build_then_patch_when_the_registry_has_no_manifest(tiny_dir, tmp_path, 
     (registry / "index.json").write_text('{"schema_version": 1, "entries": []}')
     out = tmp_path / "o"
     argv = ["patch", str(tiny_dir), "--registry", str(registry), "--out", str(out)]
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 4
     assert err.splitlines() == [
         f"error: no manifest for 'tiny-llama' in registry {registry}; recipe rope/llama 1.0.0 covers its architecture (llama)",
         "hint: pass --build to build one with rope/llama and patch (minutes on CPU for small models), or --manifest FILE",
     ]
-    code, stdout, _ = run([*argv, "--build", *FAST_BUILD, "--json"], capsys)
+    code, stdout, _ = run_cli([*argv, "--build", *FAST_BUILD, "--json"], capsys)
     assert code == 0
     result = json.loads(stdout)
     built = read_manifest(out / "pearzoo.manifest.json")
@@ -123,32 +89,32 @@ def test_build_then_patch_when_the_registry_has_no_manifest(tiny_dir, tmp_path, 
 def test_patch_errors_are_one_line_with_their_exit_code(tiny_dir, manifest, tmp_path, capsys):
     out = str(tmp_path / "o")
     other = save_tiny_llama(tmp_path / "other", seed=1)
-    code, stdout, err = run(["patch", str(other), "--manifest", str(manifest), "--out", out], capsys)
+    code, stdout, err = run_cli(["patch", str(other), "--manifest", str(manifest), "--out", out], capsys)
     assert code == 5 and stdout == ""
     assert_one_error(err, f"other is not the manifest's base: tensor {FOLDED[0]} differs")
 
     tampered = write_json(tamper(json.loads(manifest.read_text())), tmp_path / "t.json")
-    code, _, err = run(["patch", str(tiny_dir), "--manifest", str(tampered), "--out", out], capsys)
+    code, _, err = run_cli(["patch", str(tiny_dir), "--manifest", str(tampered), "--out", out], capsys)
     assert code == 5
     assert_one_error(err, f"{tampered}: digest mismatch")
-    code, _, err = run(["verify", str(tampered)], capsys)  # the same manifest, refused by verify too
+    code, _, err = run_cli(["verify", str(tampered)], capsys)  # the same manifest, refused by verify too
     assert code == 5
     assert_one_error(err, f"{tampered}: digest mismatch")
 
-    code, _, err = run(["patch", "org/not-cached", "--out", out], capsys)
+    code, _, err = run_cli(["patch", "org/not-cached", "--out", out], capsys)
     assert code == 6
     assert_one_error(err, "model 'org/not-cached' is not in the Hugging Face cache and the Hub cannot be reached")
 
     url = closed_port_url()
-    code, _, err = run(["patch", str(tiny_dir), "--registry", url, "--out", out], capsys)
+    code, _, err = run_cli(["patch", str(tiny_dir), "--registry", url, "--out", out], capsys)
     assert code == 6
     assert_one_error(err, f"registry {url} cannot be reached")
 
-    code, _, err = run(["patch", "org/../../etc", "--out", out], capsys)
+    code, _, err = run_cli(["patch", "org/../../etc", "--out", out], capsys)
     assert code == 3
     assert_one_error(err, "model id 'org/../../etc' is not allowed")
 
-    code, _, err = run(["patch", str(tiny_dir), "--manifest", str(manifest), "--registry", url], capsys)
+    code, _, err = run_cli(["patch", str(tiny_dir), "--manifest", str(manifest), "--registry", url], capsys)
     assert code == 2 and "--manifest pins the manifest" in err
     assert not Path(out).exists()
 
@@ -162,14 +128,14 @@ def test_pickle_needs_allow_pickle_and_a_second_patch_is_refused(tiny_dir, manif
     pickled = tmp_path / "pickled"
     model.config.save_pretrained(pickled)
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
-    code, _, err = run(["patch", str(pickled), "--manifest", str(manifest), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_cli(["patch", str(pickled), "--manifest", str(manifest), "--out", str(tmp_path / "o")], capsys)
     assert code == 3
     assert_one_error(err, f"{pickled}: only pickle weights (.bin/.pt) found")
     assert err.splitlines()[1] == "hint: pass --allow-pickle if you trust this model"
 
-    code, _, _ = run(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "once")], capsys)
+    code, _, _ = run_cli(["patch", str(tiny_dir), "--manifest", str(manifest), "--out", str(tmp_path / "once")], capsys)
     assert code == 0
-    code, _, err = run(["patch", str(tmp_path / "once"), "--manifest", str(manifest), "--out", str(tmp_path / "twice")], capsys)
+    code, _, err = run_cli(["patch", str(tmp_path / "once"), "--manifest", str(manifest), "--out", str(tmp_path / "twice")], capsys)
     assert code == 5
     assert_one_error(err, f"{tmp_path / 'once'} is already patched by pearzoo")
 
@@ -184,7 +150,7 @@ def test_a_meta_original_id_is_patched_as_its_twin_and_said_on_stderr(tiny_dir, 
     registry = tmp_path / "reg"
     doc = make_manifest(tiny_dir, model_id="meta-llama/Llama-2-7b-hf", revision=commit)
     LocalRegistry(registry).publish(write_json(doc, tmp_path / "m.json"))
-    code, stdout, err = run(["patch", "meta-llama/Llama-2-7b", "--registry", str(registry), "--out", str(tmp_path / "o"), "--json"], capsys)
+    code, stdout, err = run_cli(["patch", "meta-llama/Llama-2-7b", "--registry", str(registry), "--out", str(tmp_path / "o"), "--json"], capsys)
     assert code == 0
     assert err == "warning: meta-llama/Llama-2-7b is in Meta's original format; using its transformers twin meta-llama/Llama-2-7b-hf\n"
     result = json.loads(stdout)

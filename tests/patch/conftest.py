@@ -6,18 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_checkpoints import isolate, make_manifest, save_tiny_llama, write_json
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama saved as one model.safetensors."""
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+from tiny_checkpoints import make_manifest, save_tiny_llama, write_json
 
 
 @pytest.fixture(scope="session")

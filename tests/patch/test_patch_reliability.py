@@ -34,7 +34,7 @@ main(sys.argv[2:])
 
 
 def test_patch_by_repo_id_from_the_hub_cache_leaves_the_cache_untouched(sharded_dir, tmp_path):
-    # In-process: `isolate` set HF_HUB_OFFLINE=1 and HF_HUB_CACHE, and patched the huggingface_hub constants
+    # In-process: the root conftest set HF_HUB_OFFLINE=1 and HF_HUB_CACHE, and patched the huggingface_hub constants
     # that it reads from them at import. snapshot_download itself is real.
     import huggingface_hub.constants as hf_constants
 

@@ -26,22 +26,6 @@ STORIES_DIR = Path(__file__).resolve().parents[1] / "data" / "llama2c-stories260
 HEADS: dict[tuple[int, int], float] = {(0, 1): 0.5, (1, 2): 1.75, (1, 3): 0.25}
 
 
-def isolate(monkeypatch: Any, tmp: Path) -> None:
-    """Point pearzoo and huggingface_hub at temp dirs, offline; huggingface_hub reads its env at import,
-    so its constants are patched too (subprocesses get the env)."""
-    import huggingface_hub.constants as hf_constants
-
-    hub_cache = tmp / "hf-home" / "hub"
-    monkeypatch.setenv("PEARZOO_HOME", str(tmp / "pearzoo-home"))
-    monkeypatch.setenv("HF_HOME", str(tmp / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PEARZOO_REGISTRY", raising=False)
-    monkeypatch.delenv("PEARZOO_DEBUG", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-
-
 def tiny_llama(seed: int = 0) -> Any:
     """A random LlamaForCausalLM: 2 layers, hidden 64, 4 query heads (GQA, 2 KV heads), vocab 128."""
     from transformers import LlamaConfig, LlamaForCausalLM
