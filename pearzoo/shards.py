@@ -31,6 +31,14 @@ _TORCH_TO_ST = {
 }
 
 
+_ST_TO_TORCH = {name: dtype for dtype, name in _TORCH_TO_ST.items()}
+
+
+def torch_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of a safetensors dtype name (F32, BF16...), or None if unknown."""
+    return _ST_TO_TORCH.get(name)
+
+
 def st_dtype(dtype: torch.dtype) -> str:
     """The safetensors spelling of a torch dtype (F32, BF16...)."""
     try:

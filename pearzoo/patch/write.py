@@ -45,9 +45,6 @@ MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 # Weight formats other than safetensors: never copied, or the output would hold unpatched weights.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".pkl", ".npz", ".ot")
 _TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-")
-_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
 @dataclass(frozen=True)
 class TensorFold:
     """One tensor to fold: the model's name for it (the digest key), its coefficients and expected digest."""
@@ -187,15 +184,16 @@ def _fold_bytes(raw: bytes, entry: dict[str, Any], fold: TensorFold, plan: FoldP
 
     from pearzoo.digest import tensor_digest
     from pearzoo.patch.fold import fold_weight
-    from pearzoo.shards import raw_bytes
+    from pearzoo.shards import raw_bytes, torch_dtype
 
     dtype, shape = entry["dtype"], entry["shape"]
     # Checked again on the bytes being written: the file cannot change between verification and write.
     if tensor_digest(fold.name, dtype, shape, raw) != fold.digest:
         raise IntegrityError(f"{path}: tensor {fold.name} changed while being patched", tensor=fold.name)
-    if dtype not in _ST_DTYPES:
+    torch_type = torch_dtype(dtype)
+    if torch_type is None or not torch_type.is_floating_point:
         raise InvalidInputError(f"{path}: tensor {fold.name} has dtype {dtype}; only float weights can be folded")
-    weight = torch.frombuffer(bytearray(raw), dtype=getattr(torch, _ST_DTYPES[dtype])).reshape(shape)
+    weight = torch.frombuffer(bytearray(raw), dtype=torch_type).reshape(shape)
     out = raw_bytes(fold_weight(weight, fold.coefficients, plan.head_dim, plan.layout))
     if len(out) != len(raw):  # fold_weight keeps dtype and shape, so the header's offsets stay valid
         raise InvalidInputError(f"{path}: folding {fold.name} changed its size")
