@@ -141,14 +141,33 @@ def text_windows_for(ctx: BuildContext) -> Any:
     return text_windows(ctx.tokenizer, read_text(pres.text), pres.windows, pres.window_length)
 
 
+def train_text_for(ctx: BuildContext) -> Any:
+    """Windows for the training-time preservation term: every whole window after the budget's windows."""
+    from pearzoo.text import read_text, text_windows
+
+    pres = ctx.recipe.train.preservation
+    if pres.weight == 0 or ctx.tokenizer is None:
+        return None
+    ids = len(ctx.tokenizer(read_text(pres.text), add_special_tokens=False)["input_ids"])
+    available = ids // pres.window_length - pres.windows
+    if available < pres.text_batch:
+        raise InvalidInputError(
+            f"train.preservation.text has {ids} tokens: too few for {pres.windows} budget windows plus "
+            f"{pres.text_batch} training windows of {pres.window_length}",
+            field="train.preservation",
+        )
+    return text_windows(ctx.tokenizer, read_text(pres.text), available, pres.window_length, offset=pres.windows)
+
+
 def run_train(ctx: BuildContext, heads: list[HeadId], progress: ProgressFactory | None = None) -> Any:
     from pearzoo.train import train_coefficients
 
     windows = text_windows_for(ctx)
+    train_text = train_text_for(ctx)
     update, close = _bar(progress, "train", ctx.recipe.train.steps)
     try:
         result = train_coefficients(
-            ctx.model, ctx.geometry, heads, ctx.recipe.train, ctx.space, ctx.recipe.seed, windows, update
+            ctx.model, ctx.geometry, heads, ctx.recipe.train, ctx.space, ctx.recipe.seed, windows, train_text, update
         )
     finally:
         close()

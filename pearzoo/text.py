@@ -52,6 +52,13 @@ def text_windows(tokenizer: Any, text: str, windows: int, length: int, offset: i
     return t.view(windows, length)
 
 
+def text_loss(model: Any, windows: torch.Tensor) -> torch.Tensor:
+    """Differentiable mean next-token cross-entropy over a batch of windows."""
+    batch = windows.to(input_device(model))
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].to(logits.device).reshape(-1))
+
+
 def perplexity(model: Any, windows: torch.Tensor, batch_size: int = 8) -> float:
     """exp of the mean next-token cross-entropy over all windows."""
     total = 0.0

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from pearzoo.errors import InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId
 from pearzoo.hooks import scale_heads
 from pearzoo.proxy import TokenSpace, copy_loss, copy_score, generator, sample_sequences
 from pearzoo.recipe.schema import TrainSpec
-from pearzoo.text import perplexity
+from pearzoo.text import perplexity, text_loss
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def train_coefficients(
     space: TokenSpace,
     seed: int,
     text_windows: torch.Tensor | None = None,
+    train_text: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train one coefficient per head on the copying task and keep the best validated step.
@@ -71,6 +73,8 @@ def train_coefficients(
         seed (`int`): training batches come from stream ``train``, validation from ``validation``.
         text_windows (`torch.Tensor`, *optional*): token windows for the perplexity budget; without
             them the budget is not checked (recorded as `perplexity: None`).
+        train_text (`torch.Tensor`, *optional*): token windows, disjoint from `text_windows`, for the
+            preservation term (`spec.preservation.weight` > 0); each step draws `text_batch` of them.
         progress (*optional*): called with 1 after each optimizer step.
 
     Returns:
@@ -84,6 +88,13 @@ def train_coefficients(
     optimizer = torch.optim.AdamW([tau], lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, spec.steps)))
     train_gen = generator(seed, "train")
+    text_gen = generator(seed, "train/text")
+    weight = spec.preservation.weight
+    if weight > 0 and train_text is None:
+        raise InvalidInputError(
+            "train.preservation.weight > 0 needs natural text, and the model has no tokenizer",
+            field="train.preservation.weight",
+        )
     validation = sample_sequences(space, spec.validation_sequences, spec.length, generator(seed, "validation"))
 
     def coefficients(values: torch.Tensor) -> dict[HeadId, Any]:
@@ -108,6 +119,11 @@ def train_coefficients(
         batch = sample_sequences(space, spec.batch_size, spec.length, train_gen)
         with scale_heads(model, geometry, coefficients(tau)):
             loss = copy_loss(model, batch, spec.length, space.prefix)
+            if weight > 0:
+                # Copying is bought with general language modelling (issue #2); pricing the latter into the
+                # objective moves the coefficients along a better trade-off than early stopping alone.
+                pick = torch.randperm(train_text.shape[0], generator=text_gen)[: spec.preservation.text_batch]
+                loss = loss + weight * text_loss(model, train_text[pick])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

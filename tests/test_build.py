@@ -82,6 +82,40 @@ def test_perplexity_budget_zero_keeps_only_steps_that_do_not_hurt(stories260k_di
     assert all(p.within_budget == (p.perplexity <= r.base_perplexity) for p in r.history)
 
 
+def test_preservation_weight_trades_copy_loss_for_text_loss(stories260k_dir):
+    """The text term uses windows after the budget's, and pulls training towards lower text loss."""
+    from pearzoo.build import run_train, text_windows_for, train_text_for
+    from pearzoo.text import read_text, text_loss, text_windows
+
+    heads = [HeadId(4, 0), HeadId(3, 1), HeadId(2, 3)]
+    runs = {}
+    for weight in (0.0, 50.0):
+        ctx = prepare(BuildOptions(
+            model=str(stories260k_dir), recipe="rope/llama",
+            overrides=FAST + ["train.lr=0.2", "train.preservation.budget=10", f"train.preservation.weight={weight}"],
+        ))
+        runs[weight] = (ctx, run_train(ctx, heads))
+    ctx, plain = runs[0.0]
+    _, kept = runs[50.0]
+    budget, pool = text_windows_for(ctx), train_text_for(prepare(BuildOptions(
+        model=str(stories260k_dir), recipe="rope/llama", overrides=FAST + ["train.preservation.weight=1"])))
+    assert train_text_for(ctx) is None  # weight 0: no extra text is read
+    n = ctx.recipe.train.preservation.windows
+    assert pool.shape[1] == budget.shape[1] and pool.shape[0] >= 4
+    # disjoint from the budget windows: the pool starts right after them
+    both = text_windows(ctx.tokenizer, read_text(ctx.recipe.train.preservation.text), n + 1, budget.shape[1])
+    assert torch.equal(both[:n], budget) and torch.equal(both[n], pool[0])
+    # Compare where the two trajectories end (the best-step choice is a separate concern).
+    end_plain, end_kept = plain.history[-1].coefficients, kept.history[-1].coefficients
+    assert end_plain != end_kept
+
+    def loss(coefficients):
+        with torch.no_grad(), scale_heads(ctx.model, ctx.geometry, dict(zip(heads, coefficients))):
+            return text_loss(ctx.model, pool).item()
+
+    assert loss(end_kept) < loss(end_plain)
+
+
 def test_unsupported_and_oversized_requests(stories260k_dir, tmp_path):
     cfg = json.loads((stories260k_dir / "config.json").read_text())
     other = tmp_path / "mamba"

@@ -25,7 +25,7 @@ def test_default_recipe_is_the_smollm2_instance(built):
     manifest, _ = built
     assert manifest.recipe.id == "rope/smollm2-135m"
     assert manifest.base.geometry.num_layers == 30 and manifest.base.geometry.num_heads == 9
-    assert len(manifest.heads) == 8
+    assert len(manifest.heads) == 16
     assert manifest.metrics.perplexity_after <= manifest.metrics.perplexity_before * 1.01
 
 

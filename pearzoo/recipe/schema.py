@@ -175,6 +175,15 @@ class Preservation(_Strict):
     budget: float = Field(
         default=0.01, ge=0.0, description="Largest allowed relative perplexity increase (0.01 = 1%)."
     )
+    weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description=(
+            "Weight of a natural-text cross-entropy term added to the copy loss during training, on windows of "
+            "`text` after the budget windows (never the ones the budget is checked on). 0 = the authors' objective."
+        ),
+    )
+    text_batch: int = Field(default=4, ge=1, description="Text windows per training step when `weight` > 0.")
 
 
 class TrainSpec(_Strict):

@@ -147,7 +147,8 @@ def check_recipe(manifest: Manifest, *, source: str) -> None:
         IntegrityError: `recipe.settings` do not hash to `recipe.digest`.
     """
     from pearzoo.recipe.catalog import list_recipe_files
-    from pearzoo.recipe.load import load_recipe, parse_recipe, recipe_digest
+    from pearzoo.digest import document_digest
+    from pearzoo.recipe.load import load_recipe, parse_recipe
 
     ref = manifest.recipe
     # Look the id up among the catalog's files; never treat a manifest's recipe id as a path.
@@ -163,7 +164,9 @@ def check_recipe(manifest: Manifest, *, source: str) -> None:
     used = parse_recipe(ref.settings, source=f"{source}: recipe.settings")
     if used.id != ref.id or used.version != ref.version:
         raise IntegrityError(f"{source}: recipe.settings are {used.id} {used.version}, not {ref.id} {ref.version}")
-    if recipe_digest(used) != ref.digest:
+    # The digest covers the settings exactly as recorded, so a later pearzoo that adds a defaulted setting
+    # still accepts manifests built before it existed.
+    if document_digest(ref.settings) != ref.digest:
         raise IntegrityError(f"{source}: recipe.settings do not match recipe.digest {ref.digest[:12]}")
 
 
