@@ -69,6 +69,12 @@ class BudgetError(PearzooError):
     exit_code = 7
 
 
+class DriftError(PearzooError):
+    """An audit's rebuild drifted from the manifest beyond the recipe's tolerances."""
+
+    exit_code = 8
+
+
 def validation_location(exc: Exception) -> tuple[str, str]:
     """`(dotted.field, message)` of the first error of a pydantic `ValidationError`."""
     err = exc.errors()[0]  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ Exit codes:
   5  integrity failure (digest mismatch, wrong base model, already patched)
   6  resource problem (offline, lock timeout, disk space)
   7  a build met no acceptance condition (e.g. the perplexity budget)
+  8  drift: an audit's rebuild differs from the manifest beyond the recipe's tolerances
 """
 
 
@@ -49,9 +50,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from pearzoo.cli import build, evaluate, patch, recipes, registry, verify
+    from pearzoo.cli import audit, build, evaluate, patch, recipes, registry, verify
 
-    for module in (build, evaluate, recipes, verify, registry, patch):
+    for module in (build, evaluate, recipes, verify, registry, patch, audit):
         module.register(cli)
 
 
