@@ -8,14 +8,16 @@ A synthetic sharded checkpoint (random bf16, real Llama tensor names, shapes, in
 to --workdir; a manifest folding --heads heads spread over the layers is sealed for it. Then, each in a
 fresh child process so that peak RSS (`resource.getrusage(...).ru_maxrss`) belongs to that step alone:
 a plain copy (`shutil.copyfile` + fsync per file, as patch fsyncs its shards) and `patch_model`,
-interleaved for `--rounds` rounds, each after `os.sync()`; the fastest of each is compared.
-Prints a JSON report: seconds, ratio patch/copy, throughput, peak RSS of each, and the largest shard and
+interleaved for `--rounds` rounds (alternating which goes first), each after `os.sync()`; the fastest of
+each is compared.
+Prints a JSON report: seconds (and CPU seconds), ratio patch/copy, throughput, peak RSS of each, and the largest shard and
 tensor for comparison with the memory bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -145,11 +147,12 @@ def child(step: str, src: Path, dst: Path, manifest: Path, options: dict) -> Non
         return
     t0 = time.perf_counter()
     if step == "patch":
-        import torch  # noqa: F401 - imported before the clock starts: import time is reported apart
-
+        importlib.import_module("torch")  # before the clock starts: import time is reported apart
         from pearzoo.patch.api import PatchOptions, patch_model
     import_s = time.perf_counter() - t0
-    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # interpreter + imports, before the step
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    before_kib = usage.ru_maxrss  # interpreter + imports, before the step
+    cpu_before = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     if step == "copy":
         dst.mkdir()
@@ -162,8 +165,11 @@ def child(step: str, src: Path, dst: Path, manifest: Path, options: dict) -> Non
         result = patch_model(PatchOptions(model=str(src), manifest=manifest, out=dst))
         extra = {"import_seconds": round(import_s, 2), "tensors_folded": len(result.tensors), "bytes_written": result.bytes_written}
     seconds = time.perf_counter() - start
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": round(seconds, 3), "peak_rss_mib": round(rss_kib / 1024, 1), "rss_before_step_mib": round(before_kib / 1024, 1), **extra}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds (user + system, kernel copies included) vary less than wall time with a shared disk.
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    print(json.dumps({"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+                      "rss_before_step_mib": round(before_kib / 1024, 1), **extra}))
 
 
 def run_child(step: str, src: Path, dst: Path, manifest: Path, options: dict | None = None) -> dict:
@@ -204,10 +210,11 @@ def main() -> None:
     ckpt = run_child("prepare", src, work, manifest, {"config": config, "shard_bytes": shard_mb * 10**6, "heads": args.heads})
 
     # Interleaved rounds, each step starting after os.sync() (no dirty pages of an earlier step being written
-    # back under it); the best of each is compared. Outputs are deleted between rounds.
+    # back under it); the best of each is compared. Outputs are deleted between rounds. The order alternates
+    # (copy first in even rounds, patch first in odd ones), so neither step always follows the same one.
     rounds: dict[str, list[dict]] = {"copy": [], "patch": []}
-    for _ in range(args.rounds):
-        for step in ("copy", "patch"):
+    for r in range(args.rounds):
+        for step in ("copy", "patch") if r % 2 == 0 else ("patch", "copy"):
             os.sync()
             rounds[step].append(run_child(step, src, work / step, manifest))
             shutil.rmtree(work / step)
@@ -227,6 +234,7 @@ def main() -> None:
         "copy": copy,
         "patch": patch,
         "seconds_per_round": {k: [r["seconds"] for r in v] for k, v in rounds.items()},
+        "cpu_seconds_per_round": {k: [r["cpu_seconds"] for r in v] for k, v in rounds.items()},
         "ratio_patch_over_copy": round(patch["seconds"] / copy["seconds"], 2),
         "patch_gib_per_s": round(ckpt["bytes"] / 2**30 / patch["seconds"], 3),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

@@ -188,6 +188,7 @@ def load_model(
 
     Raises:
         UnsafeInputError: only pickle weights are present and `allow_pickle` is false.
+        NotFoundError: with `allow_pickle`, pickle files none of which transformers loads (e.g. only `model.pt`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,6 +201,14 @@ def load_model(
             raise UnsafeInputError(
                 f"{source.path}: only pickle weights (.bin/.pt) found; they can run code when loaded",
                 hint="pass --allow-pickle if you trust this model",
+            )
+        from transformers.utils import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+        # transformers loads pickle weights only under these names; say so rather than let its OSError through.
+        if not any((source.path / name).is_file() for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+            raise NotFoundError(
+                f"{source.path}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} (the pickle weights transformers loads)",
+                path=str(source.path),
             )
         kwargs["use_safetensors"] = False
     if device_map:

@@ -43,9 +43,9 @@ def patch(
 
     MODEL is a Hub id (read through the Hugging Face cache; HF_HUB_OFFLINE is honoured), a local directory
     or a .gguf file. The manifest is the registry's newest for MODEL unless --manifest pins one. The digest
-    of every tensor the fold touches is checked before anything is written; the output keeps the input's
-    shard layout, is written to a temp directory and renamed at the end, and loads with plain
-    transformers `from_pretrained`.
+    of every tensor the fold touches is checked on the bytes that are folded (a wrong base fails and leaves
+    no output); the output keeps the input's shard layout, is written to a temp directory and renamed at
+    the end, and loads with plain transformers `from_pretrained`.
 
     \b
     Examples:

@@ -2,7 +2,9 @@
 
 The flow: resolve the model (`resolve.resolve_source`) and the manifest (`resolve.resolve_manifest`), plan
 which tensors the fold touches from the manifest's own recipe settings and the model's config, check
-their digests against `manifest.base.tensors`, and only then write (`write.write_patched`).
+their digests against `manifest.base.tensors`, and write (`write.write_patched`). Bound tensors that are
+not folded are checked before writing starts; folded ones as they are read to be folded (one read, one
+hash each), with the same error. Either way a wrong base fails the patch and leaves no output.
 
 GGUF files and (with `allow_pickle`) pickle checkpoints have no safetensors to stream: they are loaded
 with transformers (GGUF dequantized to the manifest's dtype), verified in memory, saved to a staging
@@ -132,8 +134,8 @@ def patch_model(
         plan, written = _patch_materialized(source, manifest, options, out, progress)
     else:
         config = _read_config(source.path)
-        plan = plan_folds(source.path, config, manifest)
-        verify_plan(plan, manifest, source.model_id)
+        plan = plan_folds(source.path, config, manifest, model_id=source.model_id)
+        verify_plan(plan, manifest, source.model_id, defer_folded=not options.dry_run)
         written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress)
 
     return PatchResult(
@@ -191,8 +193,10 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest) -> FoldPlan:
+def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest, *, model_id: str | None = None) -> FoldPlan:
     """Which stored tensors to fold with which coefficients, from the manifest's recipe and the config.
+
+    `model_id` (default: the manifest's base) names the model in errors.
 
     Raises:
         IntegrityError: the model's type or head geometry is not the manifest's base, or the manifest does
@@ -232,7 +236,7 @@ def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest) -> F
             raise IntegrityError(f"the manifest does not bind tensor {name} (no digest in base.tensors)", tensor=name)
         stored = ckpt.find(name, prefix)
         folds[ckpt.weight_map[stored]][stored] = TensorFold(name=name, coefficients=coefficients, digest=base.tensors[name])
-    plan = FoldPlan(directory, ckpt.files, dict(folds), geometry.head_dim, geometry.layout, prefix)
+    plan = FoldPlan(directory, ckpt.files, dict(folds), geometry.head_dim, geometry.layout, prefix, model_id or base.model_id)
     for f in plan.files:
         with open(directory / f, "rb") as fh:
             header, _ = read_header(fh, directory / f)
@@ -242,22 +246,30 @@ def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest) -> F
     return plan
 
 
-def verify_plan(plan: FoldPlan, manifest: Manifest, model_id: str) -> None:
-    """Check the digest of every tensor the manifest binds against the files, before anything is written.
+def verify_plan(plan: FoldPlan, manifest: Manifest, model_id: str, *, defer_folded: bool = False) -> None:
+    """Check the digest of every tensor the manifest binds against the files (before anything is written).
+
+    Args:
+        defer_folded (`bool`): leave the tensors that the plan folds to `write_patched`, which checks each one
+            on the bytes it reads to fold it, with the same error: one read and one hash per folded tensor
+            instead of two. A wrong base is then reported when its first folded tensor is reached (the
+            partial output is removed), not before writing starts.
 
     Raises:
         IntegrityError: naming the first tensor that differs or is missing.
     """
     from pearzoo.shards import Checkpoint
 
+    folded = {f.name for by_name in plan.folds.values() for f in by_name.values()} if defer_folded else set()
+    expected = {name: digest for name, digest in manifest.base.tensors.items() if name not in folded}
     ckpt = Checkpoint(plan.source_dir)
     actual: dict[str, str] = {}
-    for name in manifest.base.tensors:
+    for name in expected:
         try:
             actual[name] = ckpt.digest(name, plan.prefix)
         except NotFoundError:
             continue  # verify_base reports it as missing, by name
-    verify_base(manifest.base.tensors, actual, model_id)
+    verify_base(expected, actual, model_id)
 
 
 def _patch_materialized(
@@ -310,8 +322,9 @@ def _patch_materialized(
         stage_safetensors(model, tokenizer, stage)
         del model
         config = _read_config(stage)
-        plan = plan_folds(stage, config, manifest)
-        verify_plan(plan, manifest, source.model_id)  # what was saved is what was verified
+        plan = plan_folds(stage, config, manifest, model_id=source.model_id)
+        # What was saved is what was verified: folded tensors are checked again as write_patched reads them.
+        verify_plan(plan, manifest, source.model_id, defer_folded=True)
         return plan, write_patched(plan, manifest, config, out, force=options.force, progress=progress)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -6,6 +6,7 @@ The bias, where there is one, belongs to no head and is never scaled, so it is n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -31,20 +32,38 @@ def fold_weight(
     Raises:
         InvalidInputError: a head outside the weight, or a non-finite coefficient.
     """
-    if weight.ndim != 2:
-        raise InvalidInputError(f"output projection must be 2-D, got shape {tuple(weight.shape)}")
-    axis = 1 if layout is Layout.columns else 0
-    num_heads = weight.shape[axis] // head_dim
-    out = weight.clone()
-    for head, tau in coefficients.items():
+    return fold_weight_(weight.clone(), coefficients, head_dim, layout)
+
+
+def fold_weight_(
+    weight: torch.Tensor, coefficients: Mapping[int, float], head_dim: int, layout: Layout
+) -> torch.Tensor:
+    """`fold_weight` in place: scale the slices of `weight` itself and return it.
+
+    Same product and rounding as `fold_weight`. Only the slices of heads whose coefficient is not 1.0 are
+    read and written (in float32, one head at a time), so the cost is that of the scaled heads, not of the
+    tensor. Everything is checked before the first slice is written: on error `weight` is unchanged.
+
+    Raises:
+        InvalidInputError: a head outside the weight, or a non-finite coefficient.
+    """
+    _check(weight, coefficients, head_dim, layout)
+    for head, tau in sorted(coefficients.items()):
         tau = float(tau)
-        if not (0 <= head < num_heads):
-            raise InvalidInputError(f"head {head} out of range (weight holds {num_heads} heads)", field="head")
-        if not torch.isfinite(torch.tensor(tau)):
-            raise InvalidInputError(f"coefficient for head {head} is not finite ({tau})", field="coefficient")
         if tau == 1.0:
             continue
         sl = slice(head * head_dim, (head + 1) * head_dim)
-        block = out[:, sl] if axis == 1 else out[sl, :]
+        block = weight[:, sl] if layout is Layout.columns else weight[sl, :]
         block.copy_((block.to(torch.float32) * tau).to(weight.dtype))
-    return out
+    return weight
+
+
+def _check(weight: torch.Tensor, coefficients: Mapping[int, float], head_dim: int, layout: Layout) -> None:
+    if weight.ndim != 2:
+        raise InvalidInputError(f"output projection must be 2-D, got shape {tuple(weight.shape)}")
+    num_heads = weight.shape[1 if layout is Layout.columns else 0] // head_dim
+    for head, tau in coefficients.items():
+        if not (0 <= head < num_heads):
+            raise InvalidInputError(f"head {head} out of range (weight holds {num_heads} heads)", field="head")
+        if not math.isfinite(float(tau)):
+            raise InvalidInputError(f"coefficient for head {head} is not finite ({float(tau)})", field="coefficient")

@@ -58,7 +58,7 @@ def resolve_manifest(
 
     Among a model's registry versions, the newest built for the resolved Hub commit wins when the commit is
     known; otherwise the newest. Either way `patch` then checks the tensor digests, so a manifest for other
-    weights is refused before anything is written.
+    weights is refused and leaves no output.
 
     Raises:
         NotFoundError: the pinned file is missing, or the registry has no manifest for the model (the

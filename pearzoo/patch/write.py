@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pearzoo import __version__
-from pearzoo.errors import DiskSpaceError, IntegrityError, InvalidInputError
+from pearzoo.errors import DiskSpaceError, InvalidInputError
 from pearzoo.manifest.schema import Manifest
 from pearzoo.recipe.schema import Layout
 
@@ -45,6 +47,10 @@ MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 # Weight formats other than safetensors: never copied, or the output would hold unpatched weights.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".pkl", ".npz", ".ot")
 _TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-")
+# huggingface_hub.repocard.REGEX_YAML_BLOCK: a card's YAML block (group 2).
+_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+
+
 @dataclass(frozen=True)
 class TensorFold:
     """One tensor to fold: the model's name for it (the digest key), its coefficients and expected digest."""
@@ -64,6 +70,7 @@ class FoldPlan:
     head_dim: int
     layout: Layout
     prefix: str | None = None  # the model's base_model_prefix, which old checkpoints omit from names
+    model_id: str | None = None  # named in the error when a folded tensor is not the manifest's base
 
     @property
     def tensors(self) -> list[str]:
@@ -173,31 +180,59 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, length: int, path: Path, update: C
             update(done)
 
 
-def _write_all(fh: BinaryIO, data: bytes) -> None:
+def _write_all(fh: BinaryIO, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[fh.write(view) :]
 
 
-def _fold_bytes(raw: bytes, entry: dict[str, Any], fold: TensorFold, plan: FoldPlan, path: Path) -> bytes:
+def _read_into(fh: BinaryIO, view: memoryview, path: Path) -> None:
+    while view:
+        n = fh.readinto(view)
+        if not n:
+            raise InvalidInputError(f"{path}: truncated safetensors file", path=str(path))
+        view = view[n:]
+
+
+def _fold_in_place(buf: memoryview, entry: dict[str, Any], fold: TensorFold, plan: FoldPlan, path: Path) -> None:
+    """Check the digest of a tensor's bytes in `buf`, then fold them in place (same dtype, same size).
+
+    This is the one read and the one hash of a folded tensor: `verify_plan` leaves folded tensors to this
+    check (`defer_folded`), so the bytes verified are the bytes folded, and nothing can change in between.
+    """
     import torch
 
+    from pearzoo.binding import verify_base
     from pearzoo.digest import tensor_digest
-    from pearzoo.patch.fold import fold_weight
-    from pearzoo.shards import raw_bytes, torch_dtype
+    from pearzoo.patch.fold import fold_weight_
+    from pearzoo.shards import torch_dtype
 
     dtype, shape = entry["dtype"], entry["shape"]
-    # Checked again on the bytes being written: the file cannot change between verification and write.
-    if tensor_digest(fold.name, dtype, shape, raw) != fold.digest:
-        raise IntegrityError(f"{path}: tensor {fold.name} changed while being patched", tensor=fold.name)
+    actual = tensor_digest(fold.name, dtype, shape, buf)
+    if actual != fold.digest:  # the same error, naming the tensor, as verify_plan's
+        verify_base({fold.name: fold.digest}, {fold.name: actual}, plan.model_id or str(plan.source_dir))
     torch_type = torch_dtype(dtype)
     if torch_type is None or not torch_type.is_floating_point:
         raise InvalidInputError(f"{path}: tensor {fold.name} has dtype {dtype}; only float weights can be folded")
-    weight = torch.frombuffer(bytearray(raw), dtype=torch_type).reshape(shape)
-    out = raw_bytes(fold_weight(weight, fold.coefficients, plan.head_dim, plan.layout))
-    if len(out) != len(raw):  # fold_weight keeps dtype and shape, so the header's offsets stay valid
-        raise InvalidInputError(f"{path}: folding {fold.name} changed its size")
-    return out
+    if math.prod(shape) * torch_type.itemsize != len(buf):
+        raise InvalidInputError(f"{path}: tensor {fold.name} has invalid data offsets", path=str(path))
+    if buf:  # a view of the buffer, not a copy: the fold changes the bytes that are then written out
+        fold_weight_(torch.frombuffer(buf, dtype=torch_type).reshape(shape), fold.coefficients, plan.head_dim, plan.layout)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread. A fold touches a few head slices (a millisecond on one core); with
+    OpenMP's default of one thread per core, each small op waits on a barrier, which costs tens of
+    milliseconds per tensor whenever another process holds a core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_shard(
@@ -208,7 +243,11 @@ def write_shard(
     metadata: Mapping[str, str],
     update: Callable[[int], Any] | None = None,
 ) -> int:
-    """Copy one safetensors file to `dst`, folding the tensors in `folds`; returns the bytes written."""
+    """Copy one safetensors file to `dst`, folding the tensors in `folds`; returns the bytes written.
+
+    Untouched byte ranges go file to file in the kernel (`_copy_range`). Each folded tensor is read once into
+    one reused buffer, checked against its digest, folded in place and written from that same buffer.
+    """
     # Unbuffered on both sides: the kernel copies between the two file positions.
     with open(src, "rb", buffering=0) as fin:
         header, data_start = read_header(fin, src)
@@ -220,16 +259,25 @@ def write_shard(
         out_header["__metadata__"] = {**(header.get("__metadata__") or {}), **metadata}
         encoded = _encode_header(out_header, data_start)
         data_len = os.fstat(fin.fileno()).st_size - data_start
-        ranges = sorted((entries[name]["data_offsets"][0], entries[name]["data_offsets"][1], name) for name in folds)
-        with open(dst, "xb", buffering=0) as fout:
+        ranges = []
+        for name in folds:
+            begin, end = entries[name].get("data_offsets") or (None, None)
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len):
+                raise InvalidInputError(f"{src}: tensor {name} has invalid data offsets", path=str(src))
+            ranges.append((begin, end, name))
+        ranges.sort()
+        buffer = bytearray(max((end - begin for begin, end, _ in ranges), default=0))
+        with open(dst, "xb", buffering=0) as fout, _one_torch_thread():
             _write_all(fout, encoded)
             pos = 0
             for begin, end, name in ranges:
-                if not pos <= begin <= end <= data_len:
+                if begin < pos:
                     raise InvalidInputError(f"{src}: tensor {name} has invalid data offsets", path=str(src))
                 _copy_range(fin, fout, begin - pos, src, update)
-                raw = _read_exact(fin, end - begin, src)
-                _write_all(fout, _fold_bytes(raw, entries[name], folds[name], plan, src))
+                view = memoryview(buffer)[: end - begin]
+                _read_into(fin, view, src)
+                _fold_in_place(view, entries[name], folds[name], plan, src)
+                _write_all(fout, view)
                 if update:
                     update(end - begin)
                 pos = end
@@ -254,17 +302,28 @@ def config_block(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def render_card(manifest: Manifest, source_dir: Path) -> str:
-    """A model card (huggingface_hub `ModelCard`) for the patched model."""
-    from huggingface_hub import ModelCard, ModelCardData
+def _source_license(readme: Path) -> Any:
+    """The `license` in a model card's YAML block, or None (also for a card we cannot parse).
 
-    license_ = None
+    Read with huggingface_hub's own block pattern and `yaml.safe_load`, as `ModelCard.load` reads it, but
+    without importing `huggingface_hub.repocard` (which pulls in its whole Hub client: ~0.6 s per patch).
+    """
+    import yaml
+
+    try:
+        match = _YAML_BLOCK.search(readme.read_text(encoding="utf-8"))
+        data = yaml.safe_load(match.group(2)) if match else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data.get("license") if isinstance(data, dict) else None
+
+
+def render_card(manifest: Manifest, source_dir: Path) -> str:
+    """A model card for the patched model: huggingface_hub `ModelCardData` as YAML, then the body."""
+    from huggingface_hub.repocard_data import ModelCardData
+
     readme = source_dir / CARD_NAME
-    if readme.is_file():
-        try:
-            license_ = ModelCard.load(readme).data.to_dict().get("license")
-        except Exception:  # a source card we cannot parse just contributes no license
-            license_ = None
+    license_ = _source_license(readme) if readme.is_file() else None
     m = manifest.metrics
     data = ModelCardData(
         base_model=manifest.base.model_id,
@@ -296,7 +355,8 @@ coefficient. The architecture, size and speed are unchanged; load it like the ba
 |---|---|---|
 | copy accuracy (n={m.copy_length}) | {m.copy_before.accuracy:.4f} | {m.copy_after.accuracy:.4f} |
 {ppl}"""
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+    # What str(ModelCard(...)) of this text gives (ModelCard.load reads it back), without importing repocard.
+    return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
 # --- the whole directory ---------------------------------------------------------------------------------
@@ -337,7 +397,7 @@ def write_patched(
 
     Raises:
         DiskSpaceError: the disk filled up (nothing is left behind).
-        IntegrityError: a folded tensor changed since it was verified.
+        IntegrityError: a folded tensor is not the manifest's base (checked on the bytes read to fold it).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out.parent)

@@ -140,6 +140,28 @@ def test_pickle_needs_allow_pickle_and_a_second_patch_is_refused(tiny_dir, manif
     assert_one_error(err, f"{tmp_path / 'once'} is already patched by pearzoo")
 
 
+def test_allow_pickle_patches_a_pickle_checkpoint_into_safetensors(manifest, tmp_path, capsys):
+    import torch
+
+    from tiny_checkpoints import tiny_llama
+
+    model = tiny_llama()
+    pickled = tmp_path / "pickled"
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    before = (pickled / "pytorch_model.bin").read_bytes()
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["patch", str(pickled), "--manifest", str(manifest), "--out", str(out), "--allow-pickle", "--json"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    jsonschema.validate(result, PatchResult.model_json_schema())
+    assert (result["tensors"], result["out"], result["source"]) == (FOLDED, str(out), "directory")
+    weights = sorted(p.name for p in out.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
+    assert weights == ["model.safetensors"]  # safetensors out, no pickle copied along
+    assert (pickled / "pytorch_model.bin").read_bytes() == before
+    assert read_manifest(out / "pearzoo.manifest.json").digest == result["manifest"]
+
+
 def test_a_meta_original_id_is_patched_as_its_twin_and_said_on_stderr(tiny_dir, tmp_path, capsys):
     import huggingface_hub.constants as hf_constants
 

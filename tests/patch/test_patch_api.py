@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from _tolerances import FOLD_VS_HOOK_FP32
-from pearzoo.errors import IntegrityError, InvalidInputError, UnsafeInputError
+from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, UnsafeInputError
 from pearzoo.patch.api import PatchOptions, patch_model
 from pearzoo.patch.write import CONFIG_KEY, MANIFEST_NAME, METADATA_KEY, TEMP_PREFIX
 from tiny_checkpoints import (
@@ -177,3 +177,22 @@ def test_pickle_only_checkpoints_need_allow_pickle(tiny_dir, tmp_path):
     assert not list(out.glob("*.bin")) and _leftovers(tmp_path) == []
     _, hooked = runtime_logits(tiny_dir, HEADS, IDS)
     assert (load_logits(out, IDS) - hooked).abs().max().item() <= FOLD_VS_HOOK_FP32
+
+
+def test_a_pt_file_is_refused_and_with_allow_pickle_named_as_not_loadable(tiny_dir, tmp_path):
+    # transformers loads pickle weights only as pytorch_model.bin (or its index): a lone model.pt is refused like
+    # any pickle, and with allow_pickle it is a one-line NotFoundError, not transformers' OSError.
+    from tiny_checkpoints import tiny_llama
+
+    pickled = tmp_path / "pt"
+    model = tiny_llama()
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "model.pt")
+    manifest = write_json(make_manifest(tiny_dir), tmp_path / "m.json")
+    out = tmp_path / "out"
+    with pytest.raises(UnsafeInputError, match=r"only pickle weights \(\.bin/\.pt\) found"):
+        patch_model(PatchOptions(model=str(pickled), manifest=manifest, out=out))
+    with pytest.raises(NotFoundError) as info:
+        patch_model(PatchOptions(model=str(pickled), manifest=manifest, out=out, allow_pickle=True))
+    assert str(info.value) == f"{pickled}: no pytorch_model.bin or pytorch_model.bin.index.json (the pickle weights transformers loads)"
+    assert info.value.exit_code == 4 and not out.exists() and _leftovers(tmp_path) == []
