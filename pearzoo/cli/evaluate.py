@@ -12,7 +12,7 @@ from pearzoo.cli._output import Output, json_option, quiet_option
 @click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Manifest to evaluate (patched + random-heads control).")
 @click.option("--lengths", default="10,25,50", show_default=True, help="Comma-separated copy lengths n.")
 @click.option("--sequences", default=500, show_default=True, type=click.IntRange(min=1), help="Held-out sequences per length.")
-@click.option("--seed", default=1234, show_default=True, type=int, help="Seed of the held-out sequences.")
+@click.option("--seed", default=1234, show_default=True, type=int, help="Seed of the held-out sequences and key-value contexts.")
 @click.option("--text", default="builtin:tinyshakespeare-test", show_default=True, help="Text for perplexity (builtin:NAME or a file); 'none' to skip.")
 @click.option("--kv/--no-kv", default=None, help="Key-value retrieval (exact match by position of the queried pair). [default: on when the model has a tokenizer]")
 @click.option("--kv-pairs", default="20,50", show_default=True, help="Comma-separated numbers of key-value pairs per context.")
