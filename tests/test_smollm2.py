@@ -34,7 +34,8 @@ def test_eval_acceptance(built, capsys):
 
     _, path = built
     with pytest.raises(SystemExit) as info:
-        main(["eval", "--model", "smollm2-135m-instruct", "--manifest", str(path), "--json"])
+        # --no-kv: retrieval has no acceptance threshold yet and would add about 50 minutes on 2 CPU cores.
+        main(["eval", "--model", "smollm2-135m-instruct", "--manifest", str(path), "--no-kv", "--json"])
     assert info.value.code == 0
     report = json.loads(capsys.readouterr().out)
     print(json.dumps(report, indent=2))

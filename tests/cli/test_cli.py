@@ -1,6 +1,7 @@
 """CLI: exit codes, one-line errors, --json output validated against the published schemas."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -53,11 +54,12 @@ def test_build_writes_a_manifest_that_verifies(stories260k_dir, tmp_path, capsys
     assert code == 0 and json.loads(stdout)["digest"] == on_disk["digest"]
 
     # eval with the manifest: patched and random-heads entries, under the manifest's own recipe settings.
-    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--manifest", str(out), "--sequences", "6", "--lengths", "6", "--json"], capsys)
+    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--manifest", str(out), "--sequences", "6", "--lengths", "6", "--kv-pairs", "20", "--kv-contexts", "2", "--json"], capsys)
     assert code == 0
     report = json.loads(stdout)
     assert report["manifest"] == on_disk["digest"]
     assert set(report["copy_accuracy"]["6"]) == {"base", "patched", "random_heads"}
+    assert set(report["retrieval"]["accuracy"]["20"]["middle"]) == {"base", "patched", "random_heads"}
     assert report["heads"] == [f"{h['layer']}.{h['head']}" for h in on_disk["heads"]]
     assert not set(report["random_heads"]) & set(report["heads"]) and len(report["random_heads"]) == 2
 
@@ -77,13 +79,45 @@ def test_build_writes_a_manifest_that_verifies(stories260k_dir, tmp_path, capsys
 
 
 def test_eval_json_without_manifest_has_only_base(stories260k_dir, capsys):
-    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "8", "--lengths", "5,8", "--json"], capsys)
+    code, stdout, err = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "8", "--lengths", "5,8", "--kv-contexts", "4", "--json"], capsys)
     assert code == 0
     report = json.loads(stdout)
     assert set(report["copy_accuracy"]) == {"5", "8"}
     assert set(report["copy_accuracy"]["5"]) == {"base"}
     assert set(report["perplexity"]) >= {"base"} and "patched" not in report["perplexity"]
     assert 0.0 <= report["copy_accuracy"]["8"]["base"] <= 1.0
+    # Retrieval is on by default (the model has a tokenizer); 50 pairs do not fit stories260K's 512 positions.
+    kv = report["retrieval"]
+    assert {k: kv[k] for k in ("contexts", "id_chars", "max_positions", "skipped")} == {"contexts": 4, "id_chars": 3, "max_positions": 512, "skipped": [50]}
+    assert list(kv["accuracy"]) == ["20"] and list(kv["accuracy"]["20"]) == ["first", "middle", "last"]
+    assert kv["accuracy"]["20"]["last"] == {"base": 0.0}
+    assert err == "warning: kv retrieval: 50 pairs skipped (631 tokens exceed the model's 512 positions)\n"
+
+
+def test_eval_kv_options(stories260k_dir, tmp_path, capsys):
+    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "4", "--lengths", "5", "--text", "none", "--no-kv", "--json"], capsys)
+    assert code == 0 and "retrieval" not in json.loads(stdout)
+    code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "4", "--lengths", "5", "--text", "none", "--kv-pairs", "20", "--kv-contexts", "2"], capsys)
+    assert code == 0
+    assert stdout.splitlines()[2:] == [
+        "kv retrieval, exact match (2 contexts, 3-hex ids)",
+        "pairs  position     base  patched   random",
+        "   20  first       0.000        -        -",
+        "   20  middle      0.000        -        -",
+        "   20  last        0.000        -        -",
+    ]
+    code, _, err = run_cli(["eval", "-m", str(stories260k_dir), "--kv-pairs", "2"], capsys)
+    assert code == 2 and "numbers of pairs must be >= 3" in err
+    # Without its tokenizer files the model has no tokenizer: retrieval is off by default, and --kv is an error.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(stories260k_dir / name, bare / name)
+    code, stdout, _ = run_cli(["eval", "-m", str(bare), "--sequences", "4", "--lengths", "5", "--json"], capsys)
+    assert code == 0 and "retrieval" not in json.loads(stdout)
+    code, stdout, err = run_cli(["eval", "-m", str(bare), "--sequences", "4", "--lengths", "5", "--kv"], capsys)
+    assert (code, stdout) == (3, "")
+    assert err == "error: key-value retrieval needs a tokenizer, and the model has none\nhint: pass --no-kv\n"
 
 
 def test_locate_then_train_json(stories260k_dir, tmp_path, capsys):
