@@ -111,12 +111,21 @@ def manifest_json(manifest: Manifest) -> str:
     return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to a temp file beside `path`, then rename: readers never see a partial file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file owner-only (0600); a manifest or an index served by a web server must get
+        # the mode a plain open() would give it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -83,3 +83,15 @@ def test_write_leaves_no_temp_files(tmp_path):
     m = read_manifest(GOLDEN_V1)
     write_manifest(m, tmp_path / "m.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    # A registry is served as static files: a manifest readable only by its writer would be a 403.
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_manifest(read_manifest(GOLDEN_V1), tmp_path / "m.json")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
