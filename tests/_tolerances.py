@@ -5,3 +5,8 @@ LOCATE_RELATIVE = 1e-4  # fast locate vs the plain per-head reference, relative 
 # A 30-layer real model with logits up to ~35: float32 re-association of the scaled product (weight vs
 # activation side) accumulates to a few 1e-5; 1e-4 absolute is ~3e-6 relative to the logits.
 FOLD_VS_HOOK_FP32_DEEP = 1e-4
+# A folded model's copy metrics against those the build measured with runtime hooks, on the same sequences. Each
+# logit moves by at most FOLD_VS_HOOK_FP32_DEEP, so a token's cross-entropy (target logit minus log-sum-exp) by at
+# most twice that, and an argmax can change only where the top two logits are within twice that of each other.
+COPY_LOSS_FOLD_VS_HOOK = 2 * FOLD_VS_HOOK_FP32_DEEP  # absolute, mean copy loss in nats
+COPY_ARGMAX_MARGIN = 2 * FOLD_VS_HOOK_FP32_DEEP  # top-1 minus top-2 logit at or below which a position may flip

@@ -16,5 +16,13 @@ def sharded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def hub_cache() -> Path:
+    """The temporary HF_HUB_CACHE that the root conftest points huggingface_hub at (per test)."""
+    import huggingface_hub.constants as hf_constants
+
+    return Path(hf_constants.HF_HUB_CACHE)
+
+
+@pytest.fixture
 def manifest_file(tiny_dir: Path, tmp_path: Path) -> Path:
     return write_json(make_manifest(tiny_dir), tmp_path / "tiny.pear.json")

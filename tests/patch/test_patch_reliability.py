@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from pearzoo.patch.api import PatchOptions, patch_model
 from pearzoo.patch.write import TEMP_PREFIX
@@ -33,12 +32,12 @@ main(sys.argv[2:])
 """
 
 
-def test_patch_by_repo_id_from_the_hub_cache_leaves_the_cache_untouched(sharded_dir, tmp_path):
+def test_patch_by_repo_id_from_the_hub_cache_leaves_the_cache_untouched(sharded_dir, hub_cache, tmp_path):
     # In-process: the root conftest set HF_HUB_OFFLINE=1 and HF_HUB_CACHE, and patched the huggingface_hub constants
     # that it reads from them at import. snapshot_download itself is real.
     import huggingface_hub.constants as hf_constants
 
-    cache = Path(hf_constants.HF_HUB_CACHE)
+    cache = hub_cache
     assert os.environ["HF_HUB_OFFLINE"] == "1" and hf_constants.HF_HUB_OFFLINE
     snapshot = hub_cache_layout(cache, "pearzoo-test/tiny-llama", sharded_dir, COMMIT)
     registry = tmp_path / "reg"

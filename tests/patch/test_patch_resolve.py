@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +14,6 @@ from pearzoo.registry.local import LocalRegistry
 from tiny_checkpoints import hub_cache_layout, make_manifest, write_json
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def hub_cache() -> Path:
-    """The temporary HF_HUB_CACHE that `isolate` points huggingface_hub at."""
-    import huggingface_hub.constants as hf_constants
-
-    return Path(hf_constants.HF_HUB_CACHE)
 
 
 def test_meta_original_ids_map_to_their_transformers_twins():
