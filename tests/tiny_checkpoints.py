@@ -66,8 +66,14 @@ def make_manifest(
     *,
     model_id: str = "pearzoo-test/tiny-llama",
     revision: str | None = None,
+    base_format: str = "safetensors",
+    file: str | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
-    """A sealed, valid manifest document for the checkpoint in `model_dir` (recipe rope/llama 1.0.0)."""
+    """A sealed, valid manifest document for the checkpoint in `model_dir` (recipe rope/llama 1.0.0).
+
+    `base_format`, `file` and `origin` record another form of the same weights (e.g. "gguf" and a file name)
+    in `base`, for the tests of which sources a manifest fits; the digests stay those of `model_dir`."""
     from transformers import AutoConfig
 
     from pearzoo.binding import base_digests
@@ -81,7 +87,9 @@ def make_manifest(
     source = ModelSource(kind="directory", path=Path(model_dir), model_id=model_id, revision=revision)
     prefix_holder = type("Prefix", (), {"base_model_prefix": "model"})()
     tensors = base_digests(source, prefix_holder, {geometry.tensor_name(layer) for layer, _ in heads})
-    return manifest_document(config, tensors, heads, model_id=model_id, revision=revision)
+    return manifest_document(
+        config, tensors, heads, model_id=model_id, revision=revision, base_format=base_format, file=file, origin=origin
+    )
 
 
 def manifest_document(
@@ -94,6 +102,7 @@ def manifest_document(
     recipe_id: str = "rope/llama",
     base_format: str = "safetensors",
     file: str | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     """Seal and validate a manifest for a model config, its bound tensor digests and the given coefficients."""
     from pearzoo.heads import geometry_from_config
@@ -111,6 +120,7 @@ def manifest_document(
             "revision": revision,
             "format": base_format,
             **({"file": file} if file else {}),
+            **({"origin": origin} if origin else {}),
             "model_type": config.model_type,
             "architectures": list(config.architectures or []),
             "dtype": "float32",

@@ -25,7 +25,7 @@ def _help(field: str) -> str:
 @click.option("--dry-run", is_flag=True, help=_help("dry_run"))
 @click.option("--allow-pickle", is_flag=True, help=_help("allow_pickle"))
 @click.option("--force", is_flag=True, help=_help("force"))
-@click.option("--build", "build_missing", is_flag=True, help="If the registry has no manifest for MODEL, build one with the recipe that covers it, then patch.")
+@click.option("--build", "build_missing", is_flag=True, help="If no registry manifest fits MODEL's weights, build one with the recipe that covers it, then patch.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --build: override a recipe setting (repeatable).")
 @json_option
 @quiet_option
@@ -42,7 +42,8 @@ def patch(
     """Patch a model: fold a manifest's coefficients into a copy of its weights.
 
     MODEL is a Hub id (read through the Hugging Face cache; HF_HUB_OFFLINE is honoured), a local directory
-    or a .gguf file. The manifest is the registry's newest for MODEL unless --manifest pins one. The digest
+    or a .gguf file. The manifest is the registry's newest for MODEL that fits its weights (one built from a
+    GGUF fits only that GGUF file, and no other fits a GGUF) unless --manifest pins one. The digest
     of every tensor the fold touches is checked on the bytes that are folded (a wrong base fails and leaves
     no output); the output keeps the input's shard layout, is written to a temp directory and renamed at
     the end, and loads with plain transformers `from_pretrained`.
@@ -68,7 +69,7 @@ def patch(
     if build_missing and find_manifest(model, options.revision, registry) is None:
         from pearzoo.build import BuildOptions, build_manifest
 
-        output.info(f"no manifest for {model} in the registry: building one")
+        output.info(f"no manifest in the registry fits {model}: building one")
         built = build_manifest(
             BuildOptions(model=transformers_twin(model) or model, revision=options.revision, overrides=list(overrides), allow_pickle=options.allow_pickle),
             progress=output.progress,

@@ -87,7 +87,9 @@ def _render(details: Any) -> str:
         mark = "*" if e.digest == m.digest else " "
         lines.append(f" {mark} {e.digest}  {e.published}  {e.recipe} {e.recipe_version}  {e.heads} heads")
     base = m.base
-    lines.append(f"base: {base.model_id}" + (f" @ {base.revision}" if base.revision else "") + f" ({base.format}, {base.dtype})")
+    # A GGUF base says which file (and where it came from): patch applies the manifest only to that file.
+    form = " ".join(x for x in (base.format, base.file, f"from {base.origin}" if base.origin else None) if x)
+    lines.append(f"base: {base.model_id}" + (f" @ {base.revision}" if base.revision else "") + f" ({form}, {base.dtype})")
     lines.append(f"recipe: {m.recipe.id} {m.recipe.version}" + (f" (--set {' '.join(m.recipe.overrides)})" if m.recipe.overrides else ""))
     lines.append("heads: " + ", ".join(f"{h.layer}.{h.head}={h.coefficient:.4f}" for h in m.heads))
     x = m.metrics

@@ -54,7 +54,7 @@ class PatchOptions(BaseModel):
 
     model: str = Field(description="Local directory, .gguf file, built-in name or Hub id.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
-    manifest: Path | None = Field(default=None, description="Manifest file to apply. Default: the registry's newest for the model.")
+    manifest: Path | None = Field(default=None, description="Manifest file to apply. Default: the registry's newest for the model that fits its weights (GGUF or not).")
     registry: str | None = Field(default=None, description="Registry directory or http(s) URL. Default: the registry shipped with pearzoo.")
     out: Path | None = Field(default=None, description="Output directory. Default: ./<model name>-pear.")
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
@@ -109,7 +109,8 @@ def patch_model(
         `PatchResult`.
 
     Raises:
-        NotFoundError: no such model, or no manifest for it (naming the recipe that would build one).
+        NotFoundError: no such model, or no registry manifest that fits its weights (naming the recipe that
+            would build one, and what the model's other manifests were built from).
         OfflineError: a Hub model that is not cached while offline; an unreachable registry.
         UnsafeInputError: pickle weights without `allow_pickle`; an id with `..` or an absolute path.
         IntegrityError: the model is not the manifest's base (naming the tensor), is already patched, or a
@@ -180,7 +181,7 @@ def _gguf_hint(manifest: Manifest, source: ModelSource, requested: str) -> str |
 
 
 def find_manifest(model: str, revision: str | None = None, registry: str | Path | None = None) -> Manifest | None:
-    """The registry's manifest for a model (as `patch_model` would pick it), or None when it has none.
+    """The registry's manifest for a model (as `patch_model` would pick it), or None when none fits its weights.
 
     Raises:
         NotFoundError, OfflineError: the model or the registry cannot be found or reached.

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pearzoo.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from pearzoo.manifest.io import read_manifest
-from pearzoo.manifest.schema import Manifest
+from pearzoo.manifest.schema import Base, Manifest
 from pearzoo.source import ModelSource, resolve_model, validate_hub_id
 
 logger = logging.getLogger(__name__)
@@ -54,29 +55,45 @@ def resolve_source(model: str, revision: str | None = None) -> ModelSource:
 def resolve_manifest(
     source: ModelSource, *, manifest: str | Path | None = None, registry: str | Path | None = None
 ) -> Manifest:
-    """The manifest to apply to `source`: the pinned file, or the newest for the model in the registry.
+    """The manifest to apply to `source`: the pinned file, or the registry's newest that fits its weights.
 
-    Among a model's registry versions, the newest built for the resolved Hub commit wins when the commit is
-    known; otherwise the newest. Either way `patch` then checks the tensor digests, so a manifest for other
-    weights is refused and leaves no output.
+    A registry manifest fits only weights in the form it was built from (`fits`): a GGUF source takes only
+    manifests built from a GGUF (the same file, where the manifest names one), a safetensors or pytorch
+    source never takes one built from a GGUF, whose dequantized tensors are other bytes. Among the fitting
+    versions of the model, the newest built for the resolved Hub commit wins when the commit is known;
+    otherwise the newest. Either way `patch` then checks the tensor digests, so a manifest for other
+    weights is refused and leaves no output. A pinned `manifest` is not filtered: the digests decide.
 
     Raises:
-        NotFoundError: the pinned file is missing, or the registry has no manifest for the model (the
-            message names the recipe that covers its architecture, so the user can build one).
+        NotFoundError: the pinned file is missing, or no registry manifest for the model fits these weights
+            (the message names the recipe that covers its architecture, so the user can build one, and the
+            form the model's other manifests were built from).
         IntegrityError: a manifest fails its digest.
     """
     if manifest is not None:
         return read_manifest(manifest)
-    found = registry_manifest(source, registry)
+    location, found, others = _registry_match(source, registry)
     if found is None:
-        from pearzoo.registry import open_registry
-
-        raise no_manifest_error(source, open_registry(registry).location)
+        raise no_manifest_error(source, location, others)
     return found
 
 
 def registry_manifest(source: ModelSource, registry: str | Path | None = None) -> Manifest | None:
-    """The registry's manifest for `source` (see `resolve_manifest`), or None when it has none."""
+    """The registry's manifest for `source` (see `resolve_manifest`), or None when none fits its weights."""
+    return _registry_match(source, registry)[1]
+
+
+def fits(base: Base, source: ModelSource) -> bool:
+    """Whether a manifest built for `base` can apply to the weights of `source` (same form, same GGUF file)."""
+    if source.gguf_file:
+        return base.format == "gguf" and base.file in (None, source.gguf_file)
+    return base.format != "gguf"
+
+
+def _registry_match(source: ModelSource, registry: str | Path | None) -> tuple[str, Manifest | None, list[Manifest]]:
+    """(registry location, the manifest `resolve_manifest` picks or None, the model's manifests read and
+    found not to fit). Manifests are read (each verified) in order of preference until one fits, so the
+    usual case reads one and the index format needs no field for the weights' form."""
     from pearzoo.registry import open_registry
 
     reg = open_registry(registry)
@@ -86,16 +103,18 @@ def registry_manifest(source: ModelSource, registry: str | Path | None = None) -
     except InvalidInputError:
         if source.kind == "hub":
             raise
-        return None  # a local directory's name need not be a Hub id; it simply has no registry entry
+        return reg.location, None, []  # a local directory's name need not be a Hub id; it has no registry entry
     entries = index.versions(source.model_id)
-    if not entries:
-        return None
-    chosen = entries[-1]
-    if source.revision:
-        same_commit = [e for e in entries if e.revision == source.revision]
-        if same_commit:
-            chosen = same_commit[-1]
-    return reg.read_manifest(chosen)
+    # Newest first, those built for the resolved commit (when known) ahead of the rest.
+    newest_first = entries[::-1]
+    same_commit = [e for e in newest_first if source.revision and e.revision == source.revision]
+    others: list[Manifest] = []
+    for entry in same_commit + [e for e in newest_first if e not in same_commit]:
+        candidate = reg.read_manifest(entry)
+        if fits(candidate.base, source):
+            return reg.location, candidate, others
+        others.append(candidate)
+    return reg.location, None, others
 
 
 def model_config(source: ModelSource) -> dict[str, Any]:
@@ -113,23 +132,41 @@ def model_config(source: ModelSource) -> dict[str, Any]:
         raise InvalidInputError(f"{path}: not a readable JSON config", path=str(path)) from exc
 
 
-def no_manifest_error(source: ModelSource, registry: str) -> NotFoundError:
-    """'No manifest for X', naming the recipe that covers its architecture (or saying that none does)."""
+def no_manifest_error(source: ModelSource, registry: str, others: Sequence[Manifest] = ()) -> NotFoundError:
+    """'No manifest for X', naming the recipe that covers its architecture (or saying that none does), and,
+    when the registry has manifests for X that do not fit these weights, what they were built from."""
     from pearzoo.recipe.catalog import recipe_for_config
 
     config = model_config(source)
+    missing = f"no manifest for '{source.model_id}' in registry {registry}"
+    if others:
+        n = len(others)
+        forms = list(dict.fromkeys(_weights_form(m.base) for m in others))
+        missing += (
+            f" fits {_source_form(source)}: the registry's {n} manifest{'s' if n > 1 else ''} for it "
+            f"{'were' if n > 1 else 'was'} built from {' and '.join(forms)}"
+        )
     try:
         recipe, _ = recipe_for_config(config, source.model_id)
     except UnsupportedArchitectureError as exc:
-        raise UnsupportedArchitectureError(
-            f"no manifest for '{source.model_id}' in registry {registry}, and {exc}",
-            hint=exc.hint,
-            repo_id=source.model_id,
-        ) from exc
+        raise UnsupportedArchitectureError(f"{missing}, and {exc}", hint=exc.hint, repo_id=source.model_id) from exc
     return NotFoundError(
-        f"no manifest for '{source.model_id}' in registry {registry}; recipe {recipe.id} {recipe.version} "
-        f"covers its architecture ({config.get('model_type')})",
+        f"{missing}; recipe {recipe.id} {recipe.version} covers its architecture ({config.get('model_type')})",
         hint=f"pass --build to build one with {recipe.id} and patch (minutes on CPU for small models), or --manifest FILE",
         repo_id=source.model_id,
         recipe=recipe.id,
     )
+
+
+def _weights_form(base: Base) -> str:
+    """What a manifest's base weights were: 'the GGUF F (origin)' or 'safetensors weights'."""
+    if base.format != "gguf":
+        return f"{base.format} weights"
+    origin = f" ({base.origin})" if base.origin else ""
+    return (f"the GGUF {base.file}" if base.file else "a GGUF file") + origin
+
+
+def _source_form(source: ModelSource) -> str:
+    if source.gguf_file:
+        return f"the GGUF {source.gguf_file}"
+    return "its safetensors weights" if any(source.path.glob("*.safetensors")) else "its pytorch weights"

