@@ -50,7 +50,8 @@ def patch(
 
     \b
     Examples:
-      pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct --out smollm2-pear
+      pearzoo patch smollm2-135m-instruct --out smollm2-pear
+      pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct --build --out smollm2-hub-pear
       pearzoo patch ./my-llama --manifest my-llama.pear.json --dry-run
       pearzoo patch org/model --registry https://example.org/registry --build --json
     """

@@ -118,7 +118,7 @@ def patch_model(
         InvalidInputError: the output exists (without `force`) or overlaps the source.
 
     Example:
-        >>> result = patch_model(PatchOptions(model="HuggingFaceTB/SmolLM2-135M-Instruct", out=Path("smollm2-pear")))
+        >>> result = patch_model(PatchOptions(model="smollm2-135m-instruct", out=Path("smollm2-pear")))
         >>> result.tensors[:1]
         ['model.layers.3.self_attn.o_proj.weight']
     """
