@@ -1,6 +1,6 @@
 """Benchmark: one model original, patched (`pearzoo patch`) and with runtime hooks (`scale_heads`), same run.
 
-    python bench/inference.py                                    # zoo/models/llama-rope (6x256 Llama), ~1 min on 2 cores
+    python bench/inference.py                                    # zoo/models/llama-rope (8x384 Llama), a few minutes on 2 cores
     python bench/inference.py --model smollm2-135m-instruct      # the built-in GGUF (30 layers, 135M), a few minutes
     python bench/inference.py --device cuda --dtype bfloat16 --batch 16 --prompt-len 512 --new-tokens 128
     python bench/inference.py --model DIR --manifest m.pear.json  # an existing manifest instead of a quick build

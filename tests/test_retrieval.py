@@ -26,7 +26,7 @@ ZOO_GPT2 = Path(__file__).resolve().parents[1] / "zoo" / "models" / "gpt2-learne
 
 @pytest.fixture(scope="module")
 def gpt2_learned():
-    """pearzoo's zoo GPT-2 (6x256, code-trained, 512 positions), loaded with plain transformers."""
+    """pearzoo's zoo GPT-2 (8x384, code-trained, 512 positions), loaded with plain transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(ZOO_GPT2, dtype=torch.float32).eval()
