@@ -1,17 +1,22 @@
 """Benchmark: pearzoo's locate vs the naive reference (one full forward pass per head), same run.
 
     python bench/locate.py --model smollm2-135m-instruct --scope total --sample-heads 6
+    python bench/locate.py --scope path --out bench/results/locate-cpu-path.json
 
 The naive reference is timed on `--sample-heads` heads (spread over the layers) and scaled to all
-heads; its scores for those heads are compared with pearzoo's. Prints a JSON report.
+heads; its scores for those heads are compared with pearzoo's. Prints a JSON report (and writes it to
+`--out`), with the 1-minute load average before and after each of the two timings: on a shared machine
+the absolute times move with the load and the host, the ratio much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -55,6 +60,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--out", type=Path, default=None, help="Also write the JSON report here.")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,11 +75,13 @@ def main() -> None:
     g = ctx.geometry
     sync = torch.cuda.synchronize if torch.cuda.is_available() and args.device and "cuda" in args.device else (lambda: None)
 
+    load = {"before_pearzoo": os.getloadavg()[0]}
     sync()
     t0 = time.perf_counter()
     fast = locate_heads(ctx.model, g, spec, ctx.space, ctx.recipe.seed)
     sync()
     fast_s = time.perf_counter() - t0
+    load["after_pearzoo"] = os.getloadavg()[0]
 
     total = g.total_heads
     step = max(1, total // args.sample_heads)
@@ -103,6 +111,7 @@ def main() -> None:
                 worst = max(worst, abs(value - ours) / max(1e-9, abs(value)))
             sync()
             naive_s += time.perf_counter() - t0
+    load["after_naive"] = os.getloadavg()[0]
     naive_all = naive_s * total / len(sample)
     report = {
         "model": ctx.source.model_id,
@@ -112,6 +121,10 @@ def main() -> None:
         "device": str(ctx.model.device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "load_average_1min": {k: round(v, 2) for k, v in load.items()},
         "pearzoo_seconds": round(fast_s, 2),
         "naive_seconds_sampled": round(naive_s, 2),
         "naive_heads_sampled": len(sample),
@@ -120,7 +133,11 @@ def main() -> None:
         "max_relative_diff_on_sample": worst,
         "top_k": [str(h) for h in fast.selected],
     }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

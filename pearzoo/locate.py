@@ -1,16 +1,25 @@
 """Locating suppression heads (spec §2): mean-ablate each head at the read-out position and score it.
 
-Only the read-out position p changes under the ablation, so the clean prefix (positions < p) is run
-once per configuration and cached. Each ablation then recomputes a single token, for many heads at
-once: the rows of one batch are (head, sample) pairs of one layer l. Decoder layers below l are not
-recomputed at all: their clean output at p is replayed. In `path` scope the output projections of
-layers above l return their clean values too (other heads' attention outputs are frozen), so only the
-MLPs and norms carry the ablated head's effect to the logits.
+Only the read-out position p changes under the ablation, so the clean prefix (positions < p) is run once per
+configuration and cached, and each ablation recomputes a single token, for many heads at once: the rows of a
+batch are (head, sample) pairs, row i*N + s being head i on sample s, with the heads sorted by layer. The clean
+run at p is recorded once per configuration, and everything an ablation cannot change is taken from it:
+
+- decoder layers below the batch's lowest layer are replayed (every row is clean there);
+- at a head's own layer l its q/k/v are clean, so its attention module need not run: the module's output is the
+  output projection of the clean projection input with the head's slice set to the mean. This holds where the
+  module returns its output projection's output unchanged, which is checked bit for bit on the clean run; other
+  modules (BLOOM adds the residual inside) run in full, with the slice replaced on the way in;
+- `path` scope: above l every attention output is frozen at its clean value, so no attention runs at all and
+  only the MLPs and norms recompute;
+- `total` scope: above l attention runs for every row, against the clean prefix shared by all the heads of a
+  batch: each layer's prefix keys and values are read once per sample instead of being tiled once per row. This
+  goes through transformers' attention interface and is checked on the clean run; a model that does not use the
+  interface gets the prefix tiled per row instead.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import time
@@ -22,12 +31,31 @@ import torch
 from torch import nn
 
 from pearzoo.heads import HeadGeometry, HeadId, decoder_layers, output_projection, unobservable_projection
+from pearzoo.prefix_cache import (
+    SharedPrefixError,
+    TiledCache,
+    cache_bytes_per_row,
+    joinable,
+    new_cache,
+    shared_cache,
+    shared_mode,
+)
 from pearzoo.proxy import TokenSpace, generator, input_device, sample_sequences
 from pearzoo.recipe.schema import LocateSpec, Scope
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+# The clean prefix runs in chunks of samples of about this many tokens, and the chunks' caches are joined: large
+# enough for efficient matmuls, small enough that the allocator reuses the activations' memory from one chunk to the
+# next (on CPU, one pass over all ~2000 prefix tokens of a configuration page-faults in fresh memory for every large
+# activation; SmolLM2-135M: ~400k faults, ~10% of the prefix's time).
+PREFIX_TOKENS = 512
+
+# A layer whose heads give fewer rows than this shares its batch with the next layer(s): fewer, larger matmuls,
+# at the price of recomputing the clean rows of the higher layers from the batch's lowest layer.
+MIN_BATCH_ROWS = 128
 
 
 @dataclass
@@ -109,7 +137,7 @@ class _Readout:
         return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.mean(-1)
 
 
-# --- cache handling --------------------------------------------------------------------------------------
+# --- running the model ----------------------------------------------------------------------------------
 
 
 def _cache_kwarg(base: Any) -> str:
@@ -117,92 +145,11 @@ def _cache_kwarg(base: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
-def _slot_layer_class() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    class SlotLayer(DynamicLayer):
-        """A prefix tiled once per configuration, plus one slot that each single-token run overwrites.
-
-        Replaces DynamicLayer's concatenation (a full copy of the prefix per run) with an in-place write.
-        """
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, position: int) -> None:
-            super().__init__()
-            self.keys, self.values = keys, values
-            self.is_initialized = True
-            self.device = keys.device
-            self.position = position
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
-            self.keys[:, :, self.position : self.position + 1] = key_states
-            self.values[:, :, self.position : self.position + 1] = value_states
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.position
-
-    return SlotLayer
-
-
-class _TiledCache:
-    """The clean prefix cache tiled to `rows` rows (row r = sample r mod N), built once per configuration."""
-
-    def __init__(self, prefix_cache: Any, samples: int, rows: int, position: int) -> None:
-        from transformers.cache_utils import DynamicLayer
-
-        self.prefix = prefix_cache
-        self.position = position
-        self.rows = rows
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        reps = rows // samples
-        for layer in prefix_cache.layers:
-            if type(layer) is DynamicLayer and layer.keys is not None and layer.keys.ndim == 4:
-                k = layer.keys.repeat(reps, 1, 1, 1)
-                v = layer.values.repeat(reps, 1, 1, 1)
-                pad_k = k.new_zeros(k.shape[0], k.shape[1], 1, k.shape[3])
-                pad_v = v.new_zeros(v.shape[0], v.shape[1], 1, v.shape[3])
-                self.buffers.append((torch.cat([k, pad_k], 2), torch.cat([v, pad_v], 2)))
-            else:
-                self.buffers.append(None)
-
-    def for_run(self, rows: int) -> Any:
-        slot = _slot_layer_class()
-        run = copy.copy(self.prefix)
-        layers = []
-        for layer, buf in zip(self.prefix.layers, self.buffers):
-            if buf is not None:
-                layers.append(slot(buf[0][:rows], buf[1][:rows], self.position))
-            else:
-                # Other cache layer types (sliding windows...) take the general path: tile and let them append.
-                new = copy.copy(layer)
-                reps = rows // layer.keys.shape[0]
-                new.keys = layer.keys.repeat(reps, *([1] * (layer.keys.ndim - 1)))
-                new.values = layer.values.repeat(reps, *([1] * (layer.values.ndim - 1)))
-                layers.append(new)
-        run.layers = layers
-        return run
-
-
-def cache_bytes_per_row(prefix_cache: Any) -> int:
-    total = 0
-    for layer in prefix_cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            per = layer.keys[:1].numel() * layer.keys.element_size()
-            total += 2 * per * (layer.keys.shape[-2] + 1) // max(1, layer.keys.shape[-2])
-    return total
-
-
 # --- module replay ------------------------------------------------------------------------------------------
 
 
 class _Replay(nn.Module):
-    """Stands in for a decoder layer whose output at p is already known."""
+    """Stands in for a module (decoder layer, attention) whose output at p is already known."""
 
     def __init__(self, original: nn.Module, output: Any) -> None:
         super().__init__()
@@ -224,6 +171,12 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _copy(output: Any) -> Any:
+    """A module's output with its first tensor copied (the rest is replayed as it was)."""
+    first = _first(output)
+    return _with_first(output, first.clone()) if isinstance(first, torch.Tensor) else output
+
+
 def _with_first(output: Any, tensor: torch.Tensor) -> Any:
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
@@ -232,12 +185,20 @@ def _tile(t: torch.Tensor, repeats: int) -> torch.Tensor:
     return t.repeat(repeats, *([1] * (t.ndim - 1))) if repeats > 1 else t
 
 
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    head, _, name = path.rpartition(".")
+    return model.get_submodule(head), name
+
+
 @dataclass
 class _Clean:
     cache: Any
     layer_out: list[Any]  # per layer: the layer's output object (tensor or tuple) at p, batch N
+    attn_out: list[Any]  # per layer: the output object of the output projection's parent module at p
     proj_in: list[torch.Tensor]  # per layer: output-projection input at p [N, 1, inner]
     proj_out: list[torch.Tensor]  # per layer: output-projection output at p [N, 1, hidden]
+    pure: list[bool]  # per layer: the parent module returns the output projection's output unchanged
+    hidden: torch.Tensor  # final hidden state at p [N, hidden]
     metric: torch.Tensor  # [N]
 
 
@@ -249,42 +210,99 @@ class _Locator:
         self.cache_kw = _cache_kwarg(self.base)
         self.layers = decoder_layers(model, geometry)
         self.projections = [output_projection(model, geometry, l) for l in range(geometry.num_layers)]
+        self.attention_paths = [geometry.module_path(l).rpartition(".")[0] for l in range(geometry.num_layers)]
+        self.attentions = [model.get_submodule(p) for p in self.attention_paths]
         self.readout = _Readout(model)
+        self.shared: bool | None = None  # shared-prefix attention verified on this model (None: not yet tried)
 
     def _step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.base(input_ids=tokens.to(input_device(self.model)), use_cache=True, **{self.cache_kw: cache})
         return out.last_hidden_state[:, -1, :]
 
+    def _prefix(self, sequences: torch.Tensor, p: int) -> Any:
+        """The clean cache of positions < p for every sample, run in chunks of samples (`PREFIX_TOKENS`)."""
+        samples = sequences.shape[0]
+        per = max(1, PREFIX_TOKENS // max(1, p))
+        caches = []
+        for start in range(0, samples, per):
+            cache = new_cache(self.model)
+            ids = sequences[start : start + per, :p].to(input_device(self.model))
+            self.base(input_ids=ids, use_cache=True, **{self.cache_kw: cache})
+            if not caches and per < samples and not all(joinable(layer) for layer in cache.layers):
+                # A cache layer holding other per-sample state: one run for all samples.
+                cache = new_cache(self.model)
+                self.base(input_ids=sequences[:, :p].to(input_device(self.model)), use_cache=True, **{self.cache_kw: cache})
+                return cache
+            caches.append(cache)
+        joined = caches[0]
+        if len(caches) > 1:
+            for i, layer in enumerate(joined.layers):
+                if isinstance(getattr(layer, "keys", None), torch.Tensor):
+                    layer.keys = torch.cat([c.layers[i].keys for c in caches])
+                    layer.values = torch.cat([c.layers[i].values for c in caches])
+        return joined
+
     def clean(self, sequences: torch.Tensor, p: int) -> _Clean:
-        cache = _new_cache(self.model)
-        self.base(input_ids=sequences[:, :p].to(input_device(self.model)), use_cache=True, **{self.cache_kw: cache})
+        cache = self._prefix(sequences, p)
         L = self.geometry.num_layers
         layer_out: list[Any] = [None] * L
+        attn_out: list[Any] = [None] * L
         proj_in: list[Any] = [None] * L
         proj_out: list[Any] = [None] * L
         handles = []
         try:
+            # Copies, taken as each module returns: the values replayed later must not follow in-place updates.
             for l in range(L):
-                handles.append(self.layers[l].register_forward_hook(lambda m, a, o, l=l: layer_out.__setitem__(l, o)))
-                handles.append(self.projections[l].register_forward_pre_hook(lambda m, a, l=l: proj_in.__setitem__(l, a[0])))
-                handles.append(self.projections[l].register_forward_hook(lambda m, a, o, l=l: proj_out.__setitem__(l, o)))
-            hidden = self._step(sequences[:, p : p + 1], _TiledCache(cache, sequences.shape[0], sequences.shape[0], p).for_run(sequences.shape[0]))
+                handles.append(self.layers[l].register_forward_hook(lambda m, a, o, l=l: layer_out.__setitem__(l, _copy(o))))
+                handles.append(self.attentions[l].register_forward_hook(lambda m, a, o, l=l: attn_out.__setitem__(l, _copy(o))))
+                handles.append(self.projections[l].register_forward_pre_hook(lambda m, a, l=l: proj_in.__setitem__(l, a[0].clone())))
+                handles.append(self.projections[l].register_forward_hook(lambda m, a, o, l=l: proj_out.__setitem__(l, o.clone())))
+            n = sequences.shape[0]
+            hidden = self._step(sequences[:, p : p + 1], TiledCache(cache, n, n, p).for_run(n))
         finally:
             for h in handles:
                 h.remove()
         missing = [l for l in range(L) if proj_in[l] is None or layer_out[l] is None]
         if missing:
             raise unobservable_projection(self.geometry, missing[0])
+        pure = []
+        for l in range(L):
+            first = _first(attn_out[l]) if attn_out[l] is not None else None
+            pure.append(
+                self.attentions[l] is not self.layers[l]
+                and isinstance(first, torch.Tensor)
+                and first.shape == proj_out[l].shape
+                and torch.equal(first, proj_out[l])
+            )
         metric = self.readout(hidden, sequences[:, p + 1])
-        return _Clean(cache=cache, layer_out=layer_out, proj_in=proj_in, proj_out=proj_out, metric=metric)
+        return _Clean(cache, layer_out, attn_out, proj_in, proj_out, pure, hidden, metric)
+
+    def verify_shared(self, sequences: torch.Tensor, p: int, clean: _Clean) -> bool:
+        """Run the clean token twice over (2N rows) through `shared_attention`; it must reproduce the clean run."""
+        try:
+            with shared_mode(self.attentions) as state:
+                hidden = self._step(_tile(sequences[:, p : p + 1], 2), shared_cache(clean.cache))
+        except (SharedPrefixError, RuntimeError) as exc:  # a shape the shared path does not handle: tile instead
+            logger.debug("locate: shared-prefix attention unavailable (%s); tiling the prefix cache", exc)
+            return False
+        if state.calls == 0 or state.unconsumed or state.pending is not None:
+            logger.debug("locate: attention bypassed the shared-prefix path; tiling the prefix cache")
+            return False
+        expected = _tile(clean.hidden, 2).to(hidden.device)
+        scale = expected.abs().max().clamp_min(1e-6)
+        tolerance = 1e-3 if hidden.dtype in (torch.float32, torch.float64) else 5e-2
+        ok = bool(((hidden - expected).abs().max() <= tolerance * scale).item())
+        if not ok:
+            logger.debug("locate: shared-prefix attention differs from the model's; tiling the prefix cache")
+        return ok
 
     def ablate(
-        self, sequences: torch.Tensor, p: int, clean: _Clean, tiled: _TiledCache, heads: list[HeadId], scope: Scope
+        self, sequences: torch.Tensor, p: int, clean: _Clean, tiled: TiledCache | None, heads: list[HeadId], scope: Scope
     ) -> torch.Tensor:
         """pi~ for each head in `heads` (sorted by layer): [len(heads)].
 
-        Rows are (head, sample) blocks of N. Below the lowest layer every row is clean, so those layers are
-        replayed; at each head's own layer its rows get the mean head output.
+        Rows are (head, sample) blocks of N. At layer j a row's head is below j (the row may differ from clean), at
+        j (clean input, slice set to the mean) or above j (clean).
         """
         n = sequences.shape[0]
         g = len(heads)
@@ -294,8 +312,25 @@ class _Locator:
         by_layer: dict[int, list[tuple[int, int]]] = {}
         for i, h in enumerate(heads):
             by_layer.setdefault(h.layer, []).append((i, h.head))
-        originals: dict[int, nn.Module] = {}
+        replaced: list[tuple[nn.Module, str, nn.Module]] = []
         handles = []
+        live = False  # does any attention module run (and so read the prefix cache)?
+
+        def replace(path: str, module: nn.Module, output: Any) -> None:
+            parent, name = _parent(self.model, path)
+            replaced.append((parent, name, module))
+            setattr(parent, name, _Replay(module, output))
+
+        def mean_ablated(l: int, entries: list[tuple[int, int]]) -> torch.Tensor:
+            """Projection input of the rows of layer l's heads: clean, with each head's slice set to its mean."""
+            x = clean.proj_in[l]
+            mean = x.mean(0, keepdim=True)
+            out = x.repeat(len(entries), *([1] * (x.ndim - 1)))
+            view = out.view(len(entries), n, *x.shape[1:])
+            for k, (_, h) in enumerate(entries):
+                sl = slice(h * hd, (h + 1) * hd)
+                view[k, :, :, sl] = mean[..., sl]
+            return out
 
         def ablate_hook(mod: Any, args: tuple, entries: list[tuple[int, int]], mean_in: torch.Tensor) -> tuple:
             x = args[0].clone()
@@ -313,27 +348,78 @@ class _Locator:
 
         try:
             for l in range(low):
-                originals[l] = self.layers[l]
                 out = clean.layer_out[l]
-                self.layers[l] = _Replay(originals[l], _with_first(out, _tile(_first(out), g)))
-            for l, entries in by_layer.items():
-                mean_in = clean.proj_in[l].mean(0, keepdim=True)
-                handles.append(
-                    self.projections[l].register_forward_pre_hook(
-                        lambda m, a, entries=entries, mean_in=mean_in: ablate_hook(m, a, entries, mean_in)
+                replace(f"{self.geometry.layers_path}.{l}", self.layers[l], _with_first(out, _tile(_first(out), g)))
+            for l in range(low, self.geometry.num_layers):
+                entries = by_layer.get(l, [])
+                # Attention at l sees only clean inputs unless a row's head sits below l and the scope is total.
+                if clean.pure[l] and (scope is Scope.path or l == low):
+                    out = clean.proj_out[l].repeat(g, *([1] * (clean.proj_out[l].ndim - 1)))  # a copy: written below
+                    if entries:
+                        first, last = entries[0][0], entries[-1][0] + 1  # heads sorted: one block of rows
+                        out[first * n : last * n] = self.projections[l](mean_ablated(l, entries))
+                    replace(self.attention_paths[l], self.attentions[l], _with_first(clean.attn_out[l], out))
+                    continue
+                live = True
+                if entries:
+                    mean_in = clean.proj_in[l].mean(0, keepdim=True)
+                    handles.append(
+                        self.projections[l].register_forward_pre_hook(
+                            lambda m, a, entries=entries, mean_in=mean_in: ablate_hook(m, a, entries, mean_in)
+                        )
                     )
-                )
-            if scope is Scope.path:
-                for l in range(low + 1, self.geometry.num_layers):
+                if scope is Scope.path and l > low:
                     handles.append(self.projections[l].register_forward_hook(lambda m, a, o, l=l: freeze_hook(m, a, o, l)))
-            hidden = self._step(_tile(sequences[:, p : p + 1], g), tiled.for_run(g * n))
+            tokens = _tile(sequences[:, p : p + 1], g)
+            if live and tiled is not None:
+                hidden = self._step(tokens, tiled.for_run(g * n))
+            elif live:
+                if not self.shared:
+                    raise AssertionError("live attention without a tiled cache or the shared-prefix path")
+                with shared_mode(self.attentions):
+                    hidden = self._step(tokens, shared_cache(clean.cache))
+            else:
+                # No attention runs: the cache only tells the model where p is.
+                hidden = self._step(tokens, shared_cache(clean.cache))
         finally:
             for h in handles:
                 h.remove()
-            for l, module in originals.items():
-                self.layers[l] = module
+            for parent, name, module in reversed(replaced):
+                setattr(parent, name, module)
         targets = _tile(sequences[:, p + 1], g)
         return self.readout(hidden, targets).view(g, n).mean(1)
+
+
+def _batches(heads: list[HeadId], samples: int, max_rows: int) -> list[list[HeadId]]:
+    """Heads in layer order, packed into batches of at most `max_rows` rows (`samples` rows per head).
+
+    A batch ends at a layer boundary once it holds `MIN_BATCH_ROWS` rows: a batch spanning layers recomputes the
+    clean rows of its higher layers from its lowest one. A layer too large for one batch is split evenly.
+    """
+    per_batch = max(1, max_rows // samples)
+    batches: list[list[HeadId]] = []
+    current: list[HeadId] = []
+    by_layer: dict[int, list[HeadId]] = {}
+    for h in heads:
+        by_layer.setdefault(h.layer, []).append(h)
+    for layer_heads in by_layer.values():
+        if current and len(current) * samples >= MIN_BATCH_ROWS:
+            batches.append(current)
+            current = []
+        while layer_heads:
+            room = per_batch - len(current)
+            if room <= 0:
+                batches.append(current)
+                current, room = [], per_batch
+            if not current and len(layer_heads) > per_batch:
+                # Split a big layer into near-equal batches rather than full ones and a small remainder.
+                parts = -(-len(layer_heads) // per_batch)
+                room = -(-len(layer_heads) // parts)
+            current.extend(layer_heads[:room])
+            layer_heads = layer_heads[room:]
+    if current:
+        batches.append(current)
+    return batches
 
 
 def locate_heads(
@@ -369,15 +455,22 @@ def locate_heads(
             )
             p = space.prefix + 2 * conf.length - 2
             clean = loc.clean(seqs, p)
+            if loc.shared is None:
+                loc.shared = loc.verify_shared(seqs, p, clean)
             pi = clean.metric.mean().item()
             ablated = torch.empty(geometry.num_layers, geometry.num_heads, dtype=torch.float64)
-            per_row = max(1, cache_bytes_per_row(clean.cache))
-            rows_cap = min(spec.max_batch_rows, int(spec.max_cache_gib * 2**30) // per_row)
-            group = max(1, rows_cap // conf.samples)
-            heads = geometry.all_heads()
-            tiled = _TiledCache(clean.cache, conf.samples, min(group, len(heads)) * conf.samples, p)
-            for start_index in range(0, len(heads), group):
-                chunk = heads[start_index : start_index + group]
+            max_rows = spec.max_batch_rows
+            # Attention runs under an ablation in total scope, and where a module cannot be replayed; without the
+            # shared-prefix path it then needs the prefix tiled per row, which max_cache_gib bounds.
+            tiling = not loc.shared and (spec.scope is Scope.total or not all(clean.pure))
+            if tiling:
+                per_row = max(1, cache_bytes_per_row(clean.cache))
+                max_rows = min(max_rows, int(spec.max_cache_gib * 2**30) // per_row)
+            batches = _batches(geometry.all_heads(), conf.samples, max_rows)
+            tiled = None
+            if tiling:
+                tiled = TiledCache(clean.cache, conf.samples, max(len(b) for b in batches) * conf.samples, p)
+            for chunk in batches:
                 values = loc.ablate(seqs, p, clean, tiled, chunk, spec.scope).double().cpu()
                 for head, value in zip(chunk, values.tolist()):
                     ablated[head.layer, head.head] = value
