@@ -65,6 +65,17 @@ def hf_config(family: str, arch: dict, extra: dict, vocab_size: int, special_id:
     raise ValueError(f"unknown family {family!r}")
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16-autocast: matmuls in bfloat16 over fp32 master weights. fp32: no autocast (matmuls in
+    TF32 on CUDA). BLOOM adds its ALiBi bias inside one baddbmm, with the bias built on absolute key
+    positions (slope * j, up to 255 for the steepest head at j = 511); under bf16 autocast that sum
+    is rounded to bfloat16, whose step at 128..256 is 1, which blurs the neighbouring positions a
+    previous-token head must tell apart. fp32 keeps the bias exact."""
+    if precision not in ("bf16-autocast", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+
+
 def attention_implementation(family: str) -> str:
     # BLOOM's ALiBi attention exists only as the eager implementation in transformers.
     return "eager" if family == "bloom" else "sdpa"
@@ -153,6 +164,7 @@ def val_loss(model, tokens: torch.Tensor, batch_size: int, seq_len: int, batches
 def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: torch.Tensor, vocab: dict,
                 use_compile: bool) -> tuple[torch.nn.Module, dict]:
     tcfg, ecfg, family = cfg["train"], cfg["eval"], cfg["models"][name]["family"]
+    precision = cfg["models"][name].get("precision", tcfg["precision"])
     torch.manual_seed(cfg["seed"])
     hf_cfg = hf_config(family, cfg["arch"], cfg["models"][name], vocab["vocab_size"], vocab["separator_id"])
     model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention_implementation(family))
@@ -170,7 +182,7 @@ def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: to
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tcfg)
         x, y = batches.next()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, precision):
             loss = lm_loss(forward, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
@@ -186,7 +198,7 @@ def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: to
             loss_sum.zero_()
             if (step + 1) % tcfg["probe_every"] == 0 or step + 1 == tcfg["steps"]:
                 # Probe copying on the fp32 master weights to see whether it is still rising.
-                with torch.autocast(device.type, dtype=torch.bfloat16):
+                with autocast(device, precision):
                     point["copy_probe"] = {str(n): round(copy_accuracy.copy_accuracy(model, s), 4) for n, s in probe.items()}
             curve.append(point)
             log(model=name, **point)
@@ -196,7 +208,7 @@ def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: to
         "steps": tcfg["steps"], "tokens_seen": tcfg["steps"] * tcfg["batch_size"] * tcfg["seq_len"],
         "train_wall_s": round(train_s, 1), "first_step_s": round(first_step_s, 1),
         "step_ms_after_first": round(1000 * (train_s - first_step_s) / max(1, tcfg["steps"] - 1), 2),
-        "compiled": use_compile, "curve": curve,
+        "compiled": use_compile, "precision": precision, "curve": curve,
         "val_loss_fp32_master": val_loss(model, val_tokens, tcfg["batch_size"], tcfg["seq_len"], tcfg["val_batches"]),
     }
     return model, metrics
@@ -294,12 +306,17 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ZOO / ".build")
     parser.add_argument("--steps", type=int, help="override train.steps (smoke tests only)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--precision", choices=["bf16-autocast", "fp32"],
+                        help="override the training precision of every model (config: train.precision, models.<name>.precision)")
     parser.add_argument("--device", default="cuda", help="cpu only for smoke tests of the code path")
     args = parser.parse_args()
 
     cfg = yaml.safe_load(args.config.read_text())
     if args.steps:
         cfg["train"]["steps"] = args.steps
+    if args.precision:
+        for m in cfg["models"].values():
+            m["precision"] = args.precision
     vocab = json.loads((ZOO / "tokens.json").read_text())
     torch.backends.cuda.matmul.allow_tf32 = True
     train_tokens = torch.from_numpy(load_stream(args.data_dir, "train", vocab["train"]["sha256"]).astype(np.int64))
