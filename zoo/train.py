@@ -67,10 +67,10 @@ def hf_config(family: str, arch: dict, extra: dict, vocab_size: int, special_id:
 
 def autocast(device: torch.device, precision: str):
     """bf16-autocast: matmuls in bfloat16 over fp32 master weights. fp32: no autocast (matmuls in
-    TF32 on CUDA). BLOOM adds its ALiBi bias inside one baddbmm, with the bias built on absolute key
-    positions (slope * j, up to 255 for the steepest head at j = 511); under bf16 autocast that sum
-    is rounded to bfloat16, whose step at 128..256 is 1, which blurs the neighbouring positions a
-    previous-token head must tell apart. fp32 keeps the bias exact."""
+    TF32 on CUDA). fp32 exists for run 4 (zoo/README.md): BLOOM adds its ALiBi bias, built on
+    absolute key positions (slope * j), inside one baddbmm that bf16 autocast rounds to bfloat16,
+    and we suspected that rounding of keeping BLOOM from copying. It was not: BLOOM copied the same
+    in both precisions, so every model trains in bf16-autocast."""
     if precision not in ("bf16-autocast", "fp32"):
         raise ValueError(f"unknown precision {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
