@@ -118,13 +118,17 @@ def _bar(factory: ProgressFactory | None, desc: str, total: int) -> tuple[Callab
     return bar.update, bar.close
 
 
-def run_locate(ctx: BuildContext, progress: ProgressFactory | None = None) -> Any:
+def run_locate(ctx: BuildContext, progress: ProgressFactory | None = None, candidates: int | None = None) -> Any:
+    """Locate with the recipe's settings; `candidates` pre-screens and scores only that many heads exactly."""
     from pearzoo.locate import locate_heads
 
-    total = ctx.geometry.total_heads * len(ctx.recipe.locate.configurations)
+    scored = candidates if candidates is not None else ctx.geometry.total_heads
+    total = scored * len(ctx.recipe.locate.configurations)
     update, close = _bar(progress, f"locate ({ctx.recipe.locate.scope.value})", total)
     try:
-        result = locate_heads(ctx.model, ctx.geometry, ctx.recipe.locate, ctx.space, ctx.recipe.seed, update)
+        result = locate_heads(
+            ctx.model, ctx.geometry, ctx.recipe.locate, ctx.space, ctx.recipe.seed, update, candidates=candidates
+        )
     finally:
         close()
     ctx.seconds["locate"] = result.seconds

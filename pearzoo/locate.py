@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pearzoo.errors import InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId, decoder_layers, output_projection, unobservable_projection
 from pearzoo.prefix_cache import (
     SharedPrefixError,
@@ -40,6 +41,7 @@ from pearzoo.prefix_cache import (
     shared_cache,
     shared_mode,
 )
+from pearzoo.prescreen import attribution
 from pearzoo.proxy import TokenSpace, generator, input_device, sample_sequences
 from pearzoo.recipe.schema import LocateSpec, Scope
 
@@ -84,6 +86,8 @@ class LocateResult:
     k: int
     seconds: float = 0.0
     ranking: list[HeadId] = field(default_factory=list)
+    # With the attribution pre-screen: the heads scored exactly (the rest carry first-order estimates).
+    exact: list[HeadId] | None = None
 
     @property
     def score(self) -> torch.Tensor:
@@ -430,6 +434,7 @@ def locate_heads(
     seed: int,
     progress: Progress | None = None,
     sequences: list[torch.Tensor] | None = None,
+    candidates: int | None = None,
 ) -> LocateResult:
     """Score every head's effect on copying and pick the top-K suppression heads.
 
@@ -441,13 +446,18 @@ def locate_heads(
         seed (`int`): the build seed; configuration i draws from stream ``locate/i``.
         progress (*optional*): called with the number of heads finished after each batch.
         sequences (*optional*): pre-drawn inputs per configuration (tests); shapes must match `spec`.
+        candidates (*optional*): pre-screen with attribution patching (`pearzoo.prescreen`) and score only this
+            many heads exactly (K <= candidates <= all heads); the top K comes from them. Default: every head.
 
     Returns:
         `LocateResult` with per-configuration clean and ablated metrics, the averaged scores and ranking.
     """
     start = time.perf_counter()
     loc = _Locator(model, geometry)
-    results = []
+    all_heads = geometry.all_heads()
+    if candidates is not None and not spec.k <= candidates <= len(all_heads):
+        raise InvalidInputError(f"candidates: {candidates} is outside [K={spec.k}, {len(all_heads)} heads]")
+    runs = []
     with torch.inference_mode():
         for index, conf in enumerate(spec.configurations):
             seqs = sequences[index] if sequences is not None else sample_sequences(
@@ -457,31 +467,51 @@ def locate_heads(
             clean = loc.clean(seqs, p)
             if loc.shared is None:
                 loc.shared = loc.verify_shared(seqs, p, clean)
-            pi = clean.metric.mean().item()
-            ablated = torch.empty(geometry.num_layers, geometry.num_heads, dtype=torch.float64)
-            max_rows = spec.max_batch_rows
-            # Attention runs under an ablation in total scope, and where a module cannot be replayed; without the
-            # shared-prefix path it then needs the prefix tiled per row, which max_cache_gib bounds.
-            tiling = not loc.shared and (spec.scope is Scope.total or not all(clean.pure))
-            if tiling:
-                per_row = max(1, cache_bytes_per_row(clean.cache))
-                max_rows = min(max_rows, int(spec.max_cache_gib * 2**30) // per_row)
-            batches = _batches(geometry.all_heads(), conf.samples, max_rows)
-            tiled = None
-            if tiling:
-                tiled = TiledCache(clean.cache, conf.samples, max(len(b) for b in batches) * conf.samples, p)
-            for chunk in batches:
-                values = loc.ablate(seqs, p, clean, tiled, chunk, spec.scope).double().cpu()
-                for head, value in zip(chunk, values.tolist()):
-                    ablated[head.layer, head.head] = value
-                if progress is not None:
-                    progress(len(chunk))
-            del tiled
-            results.append(ConfigurationResult(conf.samples, conf.length, pi, ablated))
-            logger.info("locate: configuration %s (N=%d, n=%d) clean metric %.4f", index, conf.samples, conf.length, pi)
-    result = LocateResult(scope=spec.scope, geometry=geometry, configurations=results, k=spec.k)
+            estimate = attribution(loc, seqs, p, clean, spec.scope) if candidates is not None else None
+            runs.append((conf, seqs, p, clean, estimate))
+            if candidates is None:
+                # Without a pre-screen nothing needs the clean run after its configuration is scored.
+                runs[-1] = _score(loc, spec, runs[-1], all_heads, progress)
+        heads = all_heads
+        if candidates is not None:
+            guess = torch.stack([est / clean.metric.mean().item() - 1.0 for _, _, _, clean, est in runs]).mean(0)
+            ranked = sorted(all_heads, key=lambda h: (-guess[h.layer, h.head].item(), h))
+            heads = sorted(ranked[:candidates])
+            runs = [_score(loc, spec, run, heads, progress) for run in runs]
+    result = LocateResult(scope=spec.scope, geometry=geometry, configurations=runs, k=spec.k)
     score = result.score
-    order = sorted(geometry.all_heads(), key=lambda h: (-score[h.layer, h.head].item(), h))
+    exact = set(heads)
+    # Exactly scored heads first, so the top K always comes from them.
+    order = sorted(all_heads, key=lambda h: (h not in exact, -score[h.layer, h.head].item(), h))
     result.ranking = order
+    result.exact = None if candidates is None else sorted(heads)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _score(loc: _Locator, spec: LocateSpec, run: tuple, heads: list[HeadId], progress: Progress | None) -> ConfigurationResult:
+    """Ablate `heads` (sorted by layer) exactly in one configuration; other heads keep the run's estimate."""
+    conf, seqs, p, clean, estimate = run
+    geometry = loc.geometry
+    pi = clean.metric.mean().item()
+    ablated = estimate.clone() if estimate is not None else torch.empty(geometry.num_layers, geometry.num_heads, dtype=torch.float64)
+    max_rows = spec.max_batch_rows
+    # Attention runs under an ablation in total scope, and where a module cannot be replayed; without the
+    # shared-prefix path it then needs the prefix tiled per row, which max_cache_gib bounds.
+    tiling = not loc.shared and (spec.scope is Scope.total or not all(clean.pure))
+    if tiling:
+        per_row = max(1, cache_bytes_per_row(clean.cache))
+        max_rows = min(max_rows, int(spec.max_cache_gib * 2**30) // per_row)
+    batches = _batches(heads, conf.samples, max_rows)
+    tiled = None
+    if tiling:
+        tiled = TiledCache(clean.cache, conf.samples, max(len(b) for b in batches) * conf.samples, p)
+    for chunk in batches:
+        values = loc.ablate(seqs, p, clean, tiled, chunk, spec.scope).double().cpu()
+        for head, value in zip(chunk, values.tolist()):
+            ablated[head.layer, head.head] = value
+        if progress is not None:
+            progress(len(chunk))
+    del tiled
+    logger.info("locate: configuration N=%d, n=%d, clean metric %.4f", conf.samples, conf.length, pi)
+    return ConfigurationResult(conf.samples, conf.length, pi, ablated)

@@ -81,21 +81,29 @@ def build(out: Path | None, json_mode: bool, quiet: bool, **kw: Any) -> None:
 
 @click.command()
 @model_options
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pre-screen every head with attribution patching (one gradient pass) and score only this many exactly; "
+    "the top K comes from them. Faster, not exact: `pearzoo build` always scores every head.",
+)
 @json_option
 @quiet_option
-def locate(json_mode: bool, quiet: bool, **kw: Any) -> None:
+def locate(json_mode: bool, quiet: bool, candidates: int | None, **kw: Any) -> None:
     """Score every head's effect on copying and list the top-K suppression heads.
 
     \b
     Examples:
       pearzoo locate --model smollm2-135m-instruct
       pearzoo locate -m ./model --set locate.scope=total --set locate.k=8 --json
+      pearzoo locate -m ./model --candidates 48      # attribution pre-screen, 48 heads scored exactly
     """
     from pearzoo.build import prepare, run_locate
 
     output = Output(json_mode=json_mode, quiet=quiet)
     ctx = prepare(_options(kw))
-    result = run_locate(ctx, output.progress)
+    result = run_locate(ctx, output.progress, candidates=candidates)
     score, delta = result.score, result.delta
     data = {
         "model": ctx.source.model_id,
@@ -105,8 +113,16 @@ def locate(json_mode: bool, quiet: bool, **kw: Any) -> None:
         "seconds": round(result.seconds, 3),
         "configurations": [{"samples": c.samples, "length": c.length, "clean_metric": c.clean_metric} for c in result.configurations],
         "selected": [str(h) for h in result.selected],
+        # null: every head scored exactly; else the pre-screened heads scored exactly (the rest are estimates).
+        "candidates": None if result.exact is None else [str(h) for h in result.exact],
         "heads": [
-            {"layer": h.layer, "head": h.head, "score": float(score[h.layer, h.head]), "delta": float(delta[h.layer, h.head])}
+            {
+                "layer": h.layer,
+                "head": h.head,
+                "score": float(score[h.layer, h.head]),
+                "delta": float(delta[h.layer, h.head]),
+                "exact": result.exact is None or h in result.exact,
+            }
             for h in result.ranking
         ],
     }

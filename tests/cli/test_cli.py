@@ -135,6 +135,25 @@ def test_locate_then_train_json(stories260k_dir, tmp_path, capsys):
     assert [p["step"] for p in trained["history"]] == [0, 1, 2]
 
 
+def test_locate_with_prescreen_scores_the_candidates_exactly(stories260k_dir, capsys):
+    args = ["locate", "-m", str(stories260k_dir), "-r", "rope/llama", "--json", *FAST_BUILD]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0
+    full = json.loads(stdout)
+    assert full["candidates"] is None and all(h["exact"] for h in full["heads"])
+    code, stdout, _ = run_cli([*args, "--candidates", "6"], capsys)
+    assert code == 0
+    screened = json.loads(stdout)
+    assert len(screened["candidates"]) == 6 and set(screened["selected"]) <= set(screened["candidates"])
+    exact = {f"{h['layer']}.{h['head']}": h["score"] for h in full["heads"]}
+    flagged = [h for h in screened["heads"] if h["exact"]]
+    assert [f"{h['layer']}.{h['head']}" for h in flagged] == [f"{h['layer']}.{h['head']}" for h in screened["heads"][:6]]
+    for h in flagged:
+        assert h["score"] == pytest.approx(exact[f"{h['layer']}.{h['head']}"], rel=1e-4, abs=1e-9)
+    code, _, err = run_cli([*args, "--candidates", "1"], capsys)
+    assert code == 3 and err == "error: candidates: 1 is outside [K=2, 40 heads]\n"
+
+
 @pytest.mark.parametrize(
     "argv, code, message",
     [
