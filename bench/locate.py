@@ -117,6 +117,7 @@ def main() -> None:
             sync()
             naive_s += time.perf_counter() - t0
     load["after_naive"] = os.getloadavg()[0]
+    naive_all = naive_s * total / len(sample)
     screens = []
     exact_top = set(fast.selected)
     for m in args.candidates:
@@ -128,14 +129,13 @@ def main() -> None:
         screens.append({
             "candidates": m,
             "seconds": round(seconds, 2),
-            "speedup_vs_naive": round(naive_s * total / len(sample) / seconds, 1),
+            "speedup_vs_naive": round(naive_all / seconds, 1),
             "same_top_k": set(screened.selected) == exact_top,
             "top_k_overlap": len(set(screened.selected) & exact_top),
             "exact_top_k_missed": sorted(str(h) for h in exact_top - set(screened.exact)),
             "top_k": [str(h) for h in screened.selected],
         })
         load[f"after_candidates_{m}"] = os.getloadavg()[0]
-    naive_all = naive_s * total / len(sample)
     report = {
         "model": ctx.source.model_id,
         "scope": args.scope,

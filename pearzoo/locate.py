@@ -457,7 +457,8 @@ def locate_heads(
     all_heads = geometry.all_heads()
     if candidates is not None and not spec.k <= candidates <= len(all_heads):
         raise InvalidInputError(f"candidates: {candidates} is outside [K={spec.k}, {len(all_heads)} heads]")
-    runs = []
+    results: list[ConfigurationResult] = []
+    screened: list[_Run] = []  # with a pre-screen, every configuration's clean run waits for the candidates
     with torch.inference_mode():
         for index, conf in enumerate(spec.configurations):
             seqs = sequences[index] if sequences is not None else sample_sequences(
@@ -467,18 +468,17 @@ def locate_heads(
             clean = loc.clean(seqs, p)
             if loc.shared is None:
                 loc.shared = loc.verify_shared(seqs, p, clean)
-            estimate = attribution(loc, seqs, p, clean, spec.scope) if candidates is not None else None
-            runs.append((conf, seqs, p, clean, estimate))
             if candidates is None:
-                # Without a pre-screen nothing needs the clean run after its configuration is scored.
-                runs[-1] = _score(loc, spec, runs[-1], all_heads, progress)
+                results.append(_score(loc, spec, _Run(conf, seqs, p, clean), all_heads, progress))
+            else:
+                screened.append(_Run(conf, seqs, p, clean, attribution(loc, seqs, p, clean, spec.scope)))
         heads = all_heads
-        if candidates is not None:
-            guess = torch.stack([est / clean.metric.mean().item() - 1.0 for _, _, _, clean, est in runs]).mean(0)
+        if screened:
+            guess = torch.stack([run.estimate / run.clean.metric.mean().item() - 1.0 for run in screened]).mean(0)
             ranked = sorted(all_heads, key=lambda h: (-guess[h.layer, h.head].item(), h))
             heads = sorted(ranked[:candidates])
-            runs = [_score(loc, spec, run, heads, progress) for run in runs]
-    result = LocateResult(scope=spec.scope, geometry=geometry, configurations=runs, k=spec.k)
+            results = [_score(loc, spec, run, heads, progress) for run in screened]
+    result = LocateResult(scope=spec.scope, geometry=geometry, configurations=results, k=spec.k)
     score = result.score
     exact = set(heads)
     # Exactly scored heads first, so the top K always comes from them.
@@ -489,9 +489,20 @@ def locate_heads(
     return result
 
 
-def _score(loc: _Locator, spec: LocateSpec, run: tuple, heads: list[HeadId], progress: Progress | None) -> ConfigurationResult:
+@dataclass
+class _Run:
+    """One configuration's inputs and clean run, and the pre-screen's estimate of its ablated metrics."""
+
+    conf: Any
+    seqs: torch.Tensor
+    p: int
+    clean: _Clean
+    estimate: torch.Tensor | None = None
+
+
+def _score(loc: _Locator, spec: LocateSpec, run: _Run, heads: list[HeadId], progress: Progress | None) -> ConfigurationResult:
     """Ablate `heads` (sorted by layer) exactly in one configuration; other heads keep the run's estimate."""
-    conf, seqs, p, clean, estimate = run
+    conf, seqs, p, clean, estimate = run.conf, run.seqs, run.p, run.clean, run.estimate
     geometry = loc.geometry
     pi = clean.metric.mean().item()
     ablated = estimate.clone() if estimate is not None else torch.empty(geometry.num_layers, geometry.num_heads, dtype=torch.float64)

@@ -14,12 +14,16 @@ from pearzoo.recipe.schema import LocateConfiguration, LocateSpec, Scope
 from _tolerances import LOCATE_RELATIVE
 from test_locate import _tiny
 
-torch.set_default_dtype(torch.float32)
-
 # Finite-difference step, as a fraction of the way from x to the mean. The tiny models compute their norms in
 # float32 even in float64, so a smaller step drowns in rounding; at 1e-2 the O(eps^2) term is about 1e-4 relative.
 EPS = 1e-2
 CONF = LocateConfiguration(samples=6, length=8)
+
+
+def attribution_of(loc, seqs, p, clean, scope):
+    """`attribution` as locate calls it: inside inference mode."""
+    with torch.inference_mode():
+        return attribution(loc, seqs, p, clean, scope)
 
 
 def _partial_ablation(model, geometry, seqs, p, head, scope, eps):
@@ -65,7 +69,7 @@ def test_attribution_is_the_derivative_of_the_ablation(model_type, variant, scop
     loc = locate_module._Locator(model, geometry)
     with torch.inference_mode():
         clean = loc.clean(seqs, p)
-        estimate = attribution(loc, seqs, p, clean, scope)
+    estimate = attribution_of(loc, seqs, p, clean, scope)
     pi = clean.metric.mean().item()
     assert estimate.shape == (geometry.num_layers, geometry.num_heads)
     other = attribution_of(loc, seqs, p, clean, Scope.path if scope is Scope.total else Scope.total)
@@ -81,11 +85,6 @@ def test_attribution_is_the_derivative_of_the_ablation(model_type, variant, scop
                 down = _partial_ablation(model, geometry, seqs, p, (layer, head), scope, -EPS)
                 slope = (up - down) / (2 * EPS)
                 assert estimate[layer, head].item() - pi == pytest.approx(slope, rel=1e-3, abs=floor), (layer, head)
-
-
-def attribution_of(loc, seqs, p, clean, scope):
-    with torch.inference_mode():
-        return attribution(loc, seqs, p, clean, scope)
 
 
 def test_attribution_leaves_no_grad_and_no_hooks():
