@@ -43,7 +43,8 @@ def main() -> None:
 
     from locate import naive_head  # bench/locate.py
     from pearzoo.heads import geometry_from_config, output_projection
-    from pearzoo.locate import _Readout, locate_heads
+    from pearzoo.locate import locate_heads
+    from pearzoo.locate.locator import _Readout
     from pearzoo.proxy import generator, sample_sequences, token_space
     from pearzoo.recipe.catalog import get_recipe
     from pearzoo.train import train_coefficients

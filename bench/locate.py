@@ -8,7 +8,7 @@ heads; its scores for those heads are compared with pearzoo's. Prints a JSON rep
 `--out`), with the 1-minute load average before and after each of the two timings: on a shared machine
 the absolute times move with the load and the host, the ratio much less.
 
-`--candidates 32 48` also runs locate with the attribution pre-screen (`pearzoo.prescreen`) at each candidate
+`--candidates 32 48` also runs locate with the attribution pre-screen (`pearzoo.locate.prescreen`) at each candidate
 count and reports its time, its speedup over the naive reference and whether it picks the exact scan's top K.
 """
 
@@ -91,7 +91,7 @@ def main() -> None:
     total = g.total_heads
     step = max(1, total // args.sample_heads)
     sample = g.all_heads()[::step][: args.sample_heads]
-    from pearzoo.locate import _Readout
+    from pearzoo.locate.locator import _Readout
 
     readout = _Readout(ctx.model)
     worst = 0.0

@@ -12,7 +12,7 @@ from typing import Any
 
 from pearzoo import __version__
 from pearzoo.binding import base_digests
-from pearzoo.errors import InvalidInputError
+from pearzoo.errors import BudgetError, InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
 from pearzoo.manifest.io import seal
 from pearzoo.manifest.schema import Manifest
@@ -179,6 +179,22 @@ def run_train(ctx: BuildContext, heads: list[HeadId], progress: ProgressFactory 
     return result
 
 
+def require_budget(trained: Any, budget: float) -> None:
+    """Refuse a training run none of whose trained steps kept perplexity within the budget.
+
+    Step 0 (every coefficient 1) is always within the budget, so without this check such a run would give a
+    manifest that changes nothing.
+    """
+    trained_steps = [p for p in trained.history if p.step > 0]
+    if trained_steps and not any(p.within_budget for p in trained_steps):
+        lowest = min(p.perplexity for p in trained_steps)
+        raise BudgetError(
+            f"train: no step kept perplexity within the {budget:.1%} budget "
+            f"(base {trained.base_perplexity:.3f}, lowest after a step {lowest:.3f})",
+            hint="raise train.preservation.budget or lower train.lr",
+        )
+
+
 def _device_of(model: Any) -> str:
     return str(model.get_input_embeddings().weight.device)
 
@@ -197,6 +213,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
         NotFoundError, OfflineError: the model or recipe cannot be found.
         UnsupportedArchitectureError: no recipe covers the model.
         InvalidInputError: the recipe does not fit the model (K, heads, dtype).
+        BudgetError: no trained step kept perplexity within the recipe's budget.
 
     Example:
         >>> manifest = build_manifest(BuildOptions(model="smollm2-135m-instruct"))
@@ -213,6 +230,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     located = run_locate(ctx, progress)
     heads = located.selected
     trained = run_train(ctx, heads, progress)
+    require_budget(trained, ctx.recipe.train.preservation.budget)
 
     spec = ctx.recipe.train
     held_out = sample_sequences(ctx.space, METRIC_SEQUENCES, spec.length, generator(ctx.recipe.seed, "metrics"))

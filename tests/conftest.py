@@ -46,7 +46,7 @@ def manifest_doc(tiny_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def stories260k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """stories260K (llama2.c, MIT) converted to a transformers Llama directory: small, real weights."""
-    from pearzoo.llama2c import convert_llama2c
+    from llama2c import convert_llama2c
 
     src = DATA / "llama2c-stories260K"
     out = tmp_path_factory.mktemp("stories") / "stories260K"

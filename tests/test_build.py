@@ -139,3 +139,21 @@ def test_manifest_coefficients_reproduce_the_metrics(stories260k_dir, manifest):
     assert after.accuracy == manifest.metrics.copy_after.accuracy
     assert after.loss == pytest.approx(manifest.metrics.copy_after.loss, rel=1e-6)
     assert torch.isfinite(torch.tensor([h.coefficient for h in manifest.heads])).all()
+
+
+def test_a_run_with_no_trained_step_within_the_budget_is_refused():
+    """Step 0 (all ones) always meets the budget; a build whose trained steps all miss it exits 7, not a no-op."""
+    from pearzoo.build import require_budget
+    from pearzoo.errors import BudgetError
+    from pearzoo.train import TrainResult, ValidationPoint
+
+    def run(*points):
+        history = [ValidationPoint(step, 1.0, 0.5, ppl, ok, (1.0,)) for step, ppl, ok in points]
+        return TrainResult(heads=[HeadId(0, 0)], coefficients=[1.0], best_step=0, history=history, base_perplexity=10.0)
+
+    with pytest.raises(BudgetError) as err:
+        require_budget(run((0, 10.0, True), (2, 10.5, False), (4, 10.2, False)), 0.01)
+    assert str(err.value) == "train: no step kept perplexity within the 1.0% budget (base 10.000, lowest after a step 10.200)"
+    assert err.value.exit_code == 7
+    require_budget(run((0, 10.0, True), (2, 10.5, False), (4, 10.05, True)), 0.01)  # one trained step is enough
+    require_budget(run((0, 10.0, True)), 0.01)  # no trained step at all (train.steps=0): nothing to refuse

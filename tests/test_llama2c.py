@@ -1,4 +1,4 @@
-"""Tests for pearzoo/llama2c.py: the llama2.c stories260K checkpoint converted to transformers.
+"""Tests for tests/llama2c.py: the llama2.c stories260K checkpoint converted to transformers.
 
 The references here (checkpoint reader, forward pass, tokenizer encode) are re-implemented from
 llama2.c's run.c on purpose and share no code with the converter.
@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pearzoo.errors import InvalidInputError
-from pearzoo.llama2c import Llama2cHeader, convert_llama2c, read_llama2c_header
+from llama2c import Llama2cHeader, convert_llama2c, read_llama2c_header
 
 DATA = Path(__file__).parent / "data" / "llama2c-stories260K"
 CHECKPOINT = DATA / "stories260K.bin"

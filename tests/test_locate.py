@@ -4,11 +4,12 @@ per-head reference. Every architecture's tiny model is checked against the refer
 import pytest
 import torch
 
-import pearzoo.locate as locate_module
+import pearzoo.locate.locator as locate_module
 from _tolerances import FOLD_VS_HOOK_FP32_DEEP, LOCATE_RELATIVE
 from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config, output_projection
 from pearzoo.hooks import scale_heads
-from pearzoo.locate import _batches, locate_heads
+from pearzoo.locate import locate_heads
+from pearzoo.locate.scan import _batches
 from pearzoo.patch.fold import fold_weight
 from pearzoo.proxy import generator, sample_sequences, token_space
 from pearzoo.recipe.schema import Layout, LocateConfiguration, LocateSpec, Scope

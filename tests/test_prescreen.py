@@ -4,11 +4,11 @@ differences against a plain full-forward reference), and `locate_heads(candidate
 import pytest
 import torch
 
-import pearzoo.locate as locate_module
+import pearzoo.locate.locator as locate_module
 from pearzoo.errors import InvalidInputError
 from pearzoo.heads import output_projection
 from pearzoo.locate import locate_heads
-from pearzoo.prescreen import attribution
+from pearzoo.locate.prescreen import attribution
 from pearzoo.proxy import generator, sample_sequences
 from pearzoo.recipe.schema import LocateConfiguration, LocateSpec, Scope
 from _tolerances import LOCATE_RELATIVE

@@ -54,7 +54,7 @@ def save_tiny_llama(directory: Path, *, seed: int = 0, max_shard_size: str | Non
 
 def stories260k(directory: Path) -> Path:
     """llama2.c's stories260K converted to a transformers Llama directory (a real trained model)."""
-    from pearzoo.llama2c import convert_llama2c
+    from llama2c import convert_llama2c
 
     convert_llama2c(STORIES_DIR / "stories260K.bin", STORIES_DIR / "tok512.bin", directory)
     return directory

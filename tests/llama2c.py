@@ -110,7 +110,7 @@ def read_llama2c_header(path: str | Path) -> Llama2cHeader:
 
     Example:
         ```python
-        >>> from pearzoo.llama2c import read_llama2c_header
+        >>> from llama2c import read_llama2c_header
         >>> header = read_llama2c_header("tests/data/llama2c-stories260K/stories260K.bin")
         >>> header.dim, header.n_layers, header.n_kv_heads, header.shared_classifier
         (64, 5, 4, True)
@@ -400,7 +400,7 @@ def convert_llama2c(checkpoint: str | Path, tokenizer: str | Path | None, out_di
 
     Example:
         ```python
-        >>> from pearzoo.llama2c import convert_llama2c
+        >>> from llama2c import convert_llama2c
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer
         >>> out = convert_llama2c("stories260K.bin", "tok512.bin", "/tmp/stories260K")
         >>> model = AutoModelForCausalLM.from_pretrained(out)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pearzoo.prefix_cache import TiledCache
+from pearzoo.locate.prefix_cache import TiledCache
 from pearzoo.recipe.schema import Scope
 
 
