@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from pearzoo import __version__
-from pearzoo.binding import base_digests
+from pearzoo.binding import base_digests, base_files
 from pearzoo.errors import BudgetError, InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
 from pearzoo.manifest.io import seal
-from pearzoo.manifest.schema import Manifest
+from pearzoo.manifest.schema import MANIFEST_SCHEMA_VERSION, Manifest
 from pearzoo.recipe.catalog import get_recipe, recipe_for_config
 from pearzoo.recipe.load import recipe_digest
 from pearzoo.recipe.schema import Recipe
@@ -244,7 +244,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     delta = located.delta
     config = ctx.model.config
     document = {
-        "schema_version": 1,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "base": {
             "model_id": ctx.source.model_id,
             "revision": ctx.source.revision,
@@ -261,6 +261,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
                 "layout": ctx.geometry.layout.value,
             },
             "tensors": base_digests(ctx.source, ctx.model, {ctx.geometry.tensor_name(h.layer) for h in heads}),
+            "files": base_files(ctx.source),
         },
         "recipe": {
             "id": ctx.recipe.id,

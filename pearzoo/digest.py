@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import rfc8785
@@ -40,4 +41,18 @@ def tensor_digest(name: str, dtype: str, shape: list[int] | tuple[int, ...], dat
     h.update(len(header).to_bytes(8, "little"))
     h.update(header)
     h.update(data)
+    return h.hexdigest()
+
+
+FILE_CHUNK = 16 * 2**20
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 hex of a file's bytes (what the Hub records as an LFS file's sha256), read in chunks."""
+    h = hashlib.sha256()
+    buf = bytearray(FILE_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()

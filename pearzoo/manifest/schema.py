@@ -2,9 +2,10 @@
 
 Example (abridged)::
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "base": {"model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": null, "format": "gguf",
-              "model_type": "llama", "tensors": {"model.layers.3.self_attn.o_proj.weight": "9f2c..."}, ...},
+              "model_type": "llama", "tensors": {"model.layers.3.self_attn.o_proj.weight": "9f2c..."},
+              "files": {"model.safetensors": "5d1e..."}, ...},
      "recipe": {"id": "rope/smollm2-135m", "version": "1.0.0", "digest": "...", "overrides": [], ...},
      "heads": [{"layer": 3, "head": 5, "score": 0.41, "delta": 1.2, "coefficient": 0.37}],
      "metrics": {...}, "build": {...}, "digest": "..."}
@@ -12,13 +13,15 @@ Example (abridged)::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from pearzoo.recipe.schema import Layout, Scope
 
-MANIFEST_SCHEMA_VERSION = 1
+# 2: `base.files` binds every weight file of the base (sha256 of its bytes), not only the folded tensors.
+MANIFEST_SCHEMA_VERSION = 2
+SUPPORTED_MANIFEST_VERSIONS = (1, 2)
 
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -50,6 +53,40 @@ class Base(_Strict):
         min_length=1,
         description="sha256 of every tensor the fold touches (over name, dtype, shape and raw bytes).",
     )
+    files: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(
+        default=None,
+        min_length=1,
+        description="sha256 of every weight file of the base, by file name (schema_version 2; a Hub file's LFS "
+        "sha256). `pearzoo patch` hashes every file it reads against these.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_files(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        # A schema-1 base has no `files` key: dumping it as null would change the document its digest seals.
+        data = handler(self)
+        if data.get("files", ...) is None:
+            del data["files"]
+        return data
+
+    @field_validator("file")
+    @classmethod
+    def _file_is_a_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _file_name(value)
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files_are_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in value or {}:
+            _file_name(name)
+        return value
+
+
+def _file_name(name: str) -> None:
+    """A file name from a manifest must name a file of the model folder, never a path out of it."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"'{name[:100]}' is not a plain file name")
 
 
 class RecipeRef(_Strict):
@@ -123,7 +160,7 @@ class BuildInfo(_Strict):
 class Manifest(_Strict):
     """A PEAR coefficient manifest."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     base: Base
     recipe: RecipeRef
     locate: LocateInfo
@@ -131,6 +168,14 @@ class Manifest(_Strict):
     metrics: Metrics
     build: BuildInfo
     digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the RFC 8785 canonical JSON without this field.")
+
+    @model_validator(mode="after")
+    def _files_match_version(self) -> "Manifest":
+        if self.schema_version >= 2 and self.base.files is None:
+            raise ValueError("base.files: required from schema_version 2 (sha256 of every weight file)")
+        if self.schema_version == 1 and self.base.files is not None:
+            raise ValueError("base.files: not part of schema_version 1")
+        return self
 
     @model_validator(mode="after")
     def _heads_in_range(self) -> "Manifest":

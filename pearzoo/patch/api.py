@@ -1,49 +1,38 @@
 """`patch_model`: model + manifest -> a patched copy of the model, with the base verified first.
 
-The flow: resolve the model (`resolve.resolve_source`) and the manifest (`resolve.resolve_manifest`), plan
-which tensors the fold touches from the manifest's own recipe settings and the model's config, check
-their digests against `manifest.base.tensors`, and write (`write.write_patched`). Bound tensors that are
-not folded are checked before writing starts; folded ones as they are read to be folded (one read, one
-hash each), with the same error. Either way a wrong base fails the patch and leaves no output.
+The flow: check `--out` (`target.check_out`, before anything is downloaded), resolve the model
+(`resolve.resolve_source`) and the manifest (`resolve.resolve_manifest`), plan which tensors the fold
+touches and what every file must hash to (`plan.plan_folds`: every shard's header validated first), and
+write (`write.write_patched`). A schema-2 manifest binds every weight file: each is hashed as it is
+copied. A schema-1 manifest binds only the folded tensors (a warning says so): those are checked as they
+are read to be folded, other bound tensors before writing starts. Either way a wrong base fails the
+patch and leaves no output.
 
-GGUF files and (with `allow_pickle`) pickle checkpoints have no safetensors to stream: they are loaded
-with transformers (GGUF dequantized to the manifest's dtype), verified in memory, saved to a staging
-directory beside the target, and patched from there. Memory is then the whole model, not one tensor.
+GGUF files and (with `allow_pickle`) pickle checkpoints have no safetensors to stream (`materialize`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pearzoo.binding import verify_base
-from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, UnsafeInputError
+from pearzoo.errors import IntegrityError, InvalidInputError
 from pearzoo.manifest.schema import Manifest
+from pearzoo.patch.materialize import patch_materialized, stage_safetensors
+from pearzoo.patch.plan import plan_folds, read_config, verify_plan
 from pearzoo.patch.resolve import registry_manifest, resolve_manifest, resolve_source, transformers_twin
-from pearzoo.patch.write import (
-    CONFIG_KEY,
-    METADATA_KEY,
-    FoldPlan,
-    TensorFold,
-    clean_stale_temps,
-    read_header,
-    temp_dir_for,
-    write_patched,
-)
+from pearzoo.patch.target import check_out
+from pearzoo.patch.write import write_patched
 from pearzoo.source import ModelSource
 
 logger = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[str, int], Any]
-_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 Notify = Callable[[str], None]
 
 
@@ -113,9 +102,11 @@ def patch_model(
             would build one, and what the model's other manifests were built from).
         OfflineError: a Hub model that is not cached while offline; an unreachable registry.
         UnsafeInputError: pickle weights without `allow_pickle`; an id with `..` or an absolute path.
-        IntegrityError: the model is not the manifest's base (naming the tensor), is already patched, or a
-            manifest fails its digest.
-        InvalidInputError: the output exists (without `force`) or overlaps the source.
+        IntegrityError: the model is not the manifest's base (naming the tensor or weight file), is already
+            patched, a shard is truncated or corrupt, or a manifest fails its digest.
+        InvalidInputError: the output exists (without `force`, or with it but not written by pearzoo), cannot
+            be written, or overlaps the source; a fold that overflows the weights' dtype; a malformed config.
+        UnsafeInputError: a path from the model's files (index, symlink) that leaves its folder.
 
     Example:
         >>> result = patch_model(PatchOptions(model="smollm2-135m-instruct", out=Path("smollm2-pear")))
@@ -126,21 +117,33 @@ def patch_model(
     twin = transformers_twin(options.model)
     if twin and notify:
         notify(f"{options.model} is in Meta's original format; using its transformers twin {twin}")
+    if options.out is not None and not options.dry_run:
+        check_out(_out(options, ""), force=options.force)  # before any download or load
     source = resolve_source(options.model, options.revision)
     if manifest is None:
         manifest = resolve_manifest(source, manifest=options.manifest, registry=options.registry)
-    out = _target(options, source)
+    out = _out(options, source.model_id)
+    _check_overlap(out, source)
+    if not options.dry_run:
+        check_out(out, force=options.force)
+    if manifest.base.files is None and notify:
+        notify(
+            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
+            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+        )
 
     try:
         if source.gguf_file or not any(source.path.glob("*.safetensors")):
-            plan, written = _patch_materialized(source, manifest, options, out, progress)
+            plan, written = patch_materialized(
+                source, manifest, out, dry_run=options.dry_run, allow_pickle=options.allow_pickle, force=options.force, progress=progress
+            )
         else:
-            config = _read_config(source.path)
+            config = read_config(source.path)
             plan = plan_folds(source.path, config, manifest, model_id=source.model_id)
             verify_plan(plan, manifest, source.model_id, defer_folded=not options.dry_run)
             written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress)
     except IntegrityError as exc:
-        # A tensor that differs (verify_base records what it expected) from a manifest built from other files of
+        # A tensor or file that differs (verify_base records what it expected) from a manifest built from other files of
         # the same model id: the id cannot tell them apart, so the hint names the files.
         if "expected" in exc.context and exc.hint is None:
             exc.hint = _gguf_hint(manifest, source, options.model)
@@ -189,206 +192,18 @@ def find_manifest(model: str, revision: str | None = None, registry: str | Path 
     return registry_manifest(resolve_source(model, revision), registry)
 
 
-def _target(options: PatchOptions, source: ModelSource) -> Path:
-    out = (options.out or Path.cwd() / f"{source.model_id.split('/')[-1]}-pear").expanduser().absolute()
-    src = source.path.resolve()
+def _out(options: PatchOptions, name: str) -> Path:
+    return (options.out or Path.cwd() / f"{name.split('/')[-1]}-pear").expanduser().absolute()
+
+
+def _check_overlap(out: Path, source: ModelSource) -> None:
+    """The output must not be the source, inside it, or hold it (a --force would replace it). For a GGUF the
+    source is the file, not its folder: `cd dir; pearzoo patch model.gguf` writes `dir/model-pear`."""
+    src = source.weights_path.resolve()
     real = out.resolve()
-    if real == src or src in real.parents or real in src.parents:
+    inside = src.is_dir() and src in real.parents
+    if real == src or inside or real in src.parents:
         raise InvalidInputError(f"--out {out} overlaps the source model {src}; choose another directory", path=str(out))
-    if not options.dry_run and not options.force and (out.exists() or out.is_symlink()):
-        raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
-    return out
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
-    path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: not a readable JSON config", path=str(path)) from exc
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{path}: not a JSON object", path=str(path))
-    block = config.get(CONFIG_KEY)
-    if block is not None:
-        digest = block.get("manifest", "?") if isinstance(block, dict) else "?"
-        raise IntegrityError(
-            f"{directory} is already patched by pearzoo (manifest {str(digest)[:12]}); patch the base model instead",
-            path=str(directory),
-        )
-    return config
-
-
-def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest, *, model_id: str | None = None) -> FoldPlan:
-    """Which stored tensors to fold with which coefficients, from the manifest's recipe and the config.
-
-    `model_id` (default: the manifest's base) names the model in errors.
-
-    Raises:
-        IntegrityError: the model's type or head geometry is not the manifest's base, or the manifest does
-            not bind a tensor the fold would touch.
-    """
-    from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
-    from pearzoo.shards import Checkpoint
-
-    base = manifest.base
-    if config.get("model_type") != base.model_type:
-        raise IntegrityError(
-            f"{directory} is a '{config.get('model_type')}' model; the manifest is for a '{base.model_type}' model",
-            path=str(directory),
-        )
-    # The manifest carries the recipe it was built with: patch uses that, not whatever the catalog has now.
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
-    geometry = geometry_from_config(recipe.heads, config)
-    g = base.geometry
-    if (geometry.num_layers, geometry.num_heads, geometry.head_dim, geometry.layout) != (g.num_layers, g.num_heads, g.head_dim, g.layout):
-        raise IntegrityError(
-            f"{directory}: head geometry {geometry.num_layers}x{geometry.num_heads}x{geometry.head_dim} ({geometry.layout.value}) "
-            f"is not the manifest's {g.num_layers}x{g.num_heads}x{g.head_dim} ({g.layout.value})",
-            path=str(directory),
-        )
-    by_layer: dict[int, dict[int, float]] = defaultdict(dict)
-    for h in manifest.heads:
-        by_layer[h.layer][h.head] = h.coefficient
-    ckpt = Checkpoint(directory)
-    # Old checkpoints store names without the base-model prefix (`h.0.attn...` for `transformer.h.0.attn...`);
-    # that prefix is the first component of the recipe's layers path (model, transformer, gpt_neox).
-    prefix = recipe.heads.layers.split(".")[0]
-    folds: dict[str, dict[str, TensorFold]] = defaultdict(dict)
-    for layer, coefficients in sorted(by_layer.items()):
-        name = geometry.tensor_name(layer)
-        if name not in base.tensors:
-            raise IntegrityError(f"the manifest does not bind tensor {name} (no digest in base.tensors)", tensor=name)
-        stored = ckpt.find(name, prefix)
-        folds[ckpt.weight_map[stored]][stored] = TensorFold(name=name, coefficients=coefficients, digest=base.tensors[name])
-    plan = FoldPlan(directory, ckpt.files, dict(folds), geometry.head_dim, geometry.layout, prefix, model_id or base.model_id)
-    for f in plan.files:
-        with open(directory / f, "rb") as fh:
-            header, _ = read_header(fh, directory / f)
-        stamped = (header.get("__metadata__") or {}).get(METADATA_KEY)
-        if stamped:
-            raise IntegrityError(f"{directory / f} is already patched by pearzoo (manifest {stamped[:12]})", path=str(directory))
-    return plan
-
-
-def verify_plan(plan: FoldPlan, manifest: Manifest, model_id: str, *, defer_folded: bool = False) -> None:
-    """Check the digest of every tensor the manifest binds against the files (before anything is written).
-
-    Args:
-        defer_folded (`bool`): leave the tensors that the plan folds to `write_patched`, which checks each one
-            on the bytes it reads to fold it, with the same error: one read and one hash per folded tensor
-            instead of two. A wrong base is then reported when its first folded tensor is reached (the
-            partial output is removed), not before writing starts.
-
-    Raises:
-        IntegrityError: naming the first tensor that differs or is missing.
-    """
-    from pearzoo.shards import Checkpoint
-
-    folded = {f.name for by_name in plan.folds.values() for f in by_name.values()} if defer_folded else set()
-    expected = {name: digest for name, digest in manifest.base.tensors.items() if name not in folded}
-    ckpt = Checkpoint(plan.source_dir)
-    actual: dict[str, str] = {}
-    for name in expected:
-        try:
-            actual[name] = ckpt.digest(name, plan.prefix)
-        except NotFoundError:
-            continue  # verify_base reports it as missing, by name
-    verify_base(expected, actual, model_id)
-
-
-def _patch_materialized(
-    source: ModelSource, manifest: Manifest, options: PatchOptions, out: Path, progress: ProgressFactory | None
-) -> tuple[FoldPlan, Any]:
-    """GGUF or pickle: load with transformers, verify in memory, save as safetensors to a stage, patch that."""
-    from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
-    from pearzoo.shards import digest_of, model_tensor
-    from pearzoo.source import load_model
-
-    if not source.gguf_file:
-        if not any(f.suffix in _PICKLE_SUFFIXES for f in source.path.iterdir()):
-            raise NotFoundError(f"{source.path}: no weights (no .safetensors, .bin or .pt files)", path=str(source.path))
-        if not options.allow_pickle:
-            raise UnsafeInputError(
-                f"{source.path}: only pickle weights (.bin/.pt) found; they can run code when loaded",
-                hint="pass --allow-pickle if you trust this model",
-                path=str(source.path),
-            )
-        _read_config(source.path)  # refuses an already-patched pickle checkpoint before loading it
-    model, tokenizer = load_model(source, dtype=manifest.base.dtype, allow_pickle=options.allow_pickle)
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
-    geometry = geometry_from_config(recipe.heads, model.config)
-    names = set(manifest.base.tensors)
-    for h in manifest.heads:
-        if geometry.tensor_name(h.layer) not in names:
-            name = geometry.tensor_name(h.layer)
-            raise IntegrityError(f"the manifest does not bind tensor {name} (no digest in base.tensors)", tensor=name)
-    actual = {}
-    for name in names:
-        try:
-            actual[name] = digest_of(name, model_tensor(model, name))
-        except LookupError:
-            continue
-    verify_base(manifest.base.tensors, actual, source.model_id)
-    if options.dry_run:
-        by_layer: dict[int, dict[int, float]] = defaultdict(dict)
-        for h in manifest.heads:
-            by_layer[h.layer][h.head] = h.coefficient
-        in_memory = {
-            geometry.tensor_name(layer): TensorFold(geometry.tensor_name(layer), taus, manifest.base.tensors[geometry.tensor_name(layer)])
-            for layer, taus in by_layer.items()
-        }
-        return FoldPlan(source.path, [], {"": in_memory}, geometry.head_dim, geometry.layout), None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out.parent)
-    stage = temp_dir_for(out, ".stage")
-    try:
-        stage_safetensors(model, tokenizer, stage)
-        del model
-        config = _read_config(stage)
-        plan = plan_folds(stage, config, manifest, model_id=source.model_id)
-        # What was saved is what was verified: folded tensors are checked again as write_patched reads them.
-        verify_plan(plan, manifest, source.model_id, defer_folded=True)
-        return plan, write_patched(plan, manifest, config, out, force=options.force, progress=progress)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def stage_safetensors(model: Any, tokenizer: Any, directory: Path, max_shard_size: str = "5GB") -> None:
-    """Save a loaded model as a plain safetensors checkpoint (config, shards and index, tokenizer).
-
-    transformers refuses `save_pretrained` for a GGUF-loaded model (its quantizer is not serializable), and
-    the dequantized weights are all we need, so the state dict is written here: tied weights once (the
-    first name; transformers re-ties them on load), shards as huggingface_hub splits them, and the config
-    without its `quantization_config`.
-    """
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True)
-    state: dict[str, Any] = {}
-    seen: set[tuple[int, Any, tuple[int, ...]]] = set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-        if tensor.numel() and key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor.detach().contiguous()
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: state[n] for n in names}, str(directory / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    config = model.config.to_diff_dict()
-    config.pop("quantization_config", None)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        generation.to_json_file(str(directory / "generation_config.json"))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
-
-
-__all__ = ["PatchOptions", "PatchResult", "find_manifest", "patch_model", "plan_folds", "verify_plan"]
+__all__ = ["PatchOptions", "PatchResult", "find_manifest", "patch_model", "plan_folds", "stage_safetensors", "verify_plan"]

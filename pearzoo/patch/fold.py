@@ -36,25 +36,40 @@ def fold_weight(
 
 
 def fold_weight_(
-    weight: torch.Tensor, coefficients: Mapping[int, float], head_dim: int, layout: Layout
+    weight: torch.Tensor, coefficients: Mapping[int, float], head_dim: int, layout: Layout, *, name: str = "weight"
 ) -> torch.Tensor:
     """`fold_weight` in place: scale the slices of `weight` itself and return it.
 
     Same product and rounding as `fold_weight`. Only the slices of heads whose coefficient is not 1.0 are
-    read and written (in float32, one head at a time), so the cost is that of the scaled heads, not of the
-    tensor. Everything is checked before the first slice is written: on error `weight` is unchanged.
+    read and written, so the cost is that of the scaled heads, not of the tensor. Everything is checked
+    before the first slice is written, the scaled slices included: a product that is not finite once rounded
+    to the weight's own dtype (a bf16/fp16 overflow: fp16 tops out at 65504) is refused and `weight` is
+    left unchanged. `name` names the tensor in that error.
 
     Raises:
-        InvalidInputError: a head outside the weight, or a non-finite coefficient.
+        InvalidInputError: a head outside the weight, a non-finite coefficient, or a scaled slice that
+            overflows the weight's dtype.
     """
     _check(weight, coefficients, head_dim, layout)
+    scaled = []
     for head, tau in sorted(coefficients.items()):
         tau = float(tau)
         if tau == 1.0:
             continue
         sl = slice(head * head_dim, (head + 1) * head_dim)
         block = weight[:, sl] if layout is Layout.columns else weight[sl, :]
-        block.copy_((block.to(torch.float32) * tau).to(weight.dtype))
+        new = (block.to(torch.float32) * tau).to(weight.dtype)
+        # Only where the product made it so: a base that already holds inf/nan is bound by its digest.
+        if not bool((torch.isfinite(new) | ~torch.isfinite(block)).all()):
+            dtype = str(weight.dtype).removeprefix("torch.")
+            raise InvalidInputError(
+                f"{name}: coefficient {tau:g} for head {head} overflows {dtype} "
+                f"(largest |weight| in its slice {block.abs().max().item():g})",
+                field="coefficient",
+            )
+        scaled.append((block, new))
+    for block, new in scaled:
+        block.copy_(new)
     return weight
 
 

@@ -194,11 +194,13 @@ def test_pickle_needs_allow_pickle_and_a_second_patch_is_refused(tiny_dir, manif
     assert_one_error(err, f"{tmp_path / 'once'} is already patched by pearzoo")
 
 
-def test_allow_pickle_patches_a_pickle_checkpoint_into_safetensors(manifest, tmp_path, capsys):
+def test_allow_pickle_patches_a_pickle_checkpoint_into_safetensors(tiny_dir, tmp_path, capsys):
     import torch
 
     from tiny_checkpoints import tiny_llama
 
+    # schema 1 binds the tensors only: the pickle twin of tiny_dir is other file bytes than its safetensors
+    manifest = write_json(make_manifest(tiny_dir, schema_version=1), tmp_path / "m.json")
     model = tiny_llama()
     pickled = tmp_path / "pickled"
     model.config.save_pretrained(pickled)

@@ -169,19 +169,31 @@ def test_dry_run_verifies_and_writes_nothing(tiny_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
 
 
-def test_existing_output_needs_force_and_overlap_is_refused(tiny_dir, tmp_path):
+def test_force_replaces_only_an_empty_folder_or_a_pearzoo_output_and_overlap_is_refused(tiny_dir, tmp_path):
     manifest = write_json(make_manifest(tiny_dir), tmp_path / "m.json")
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(InvalidInputError, match="already exists"):
         patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=out))
-    patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=out, force=True))
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    with pytest.raises(InvalidInputError, match="exists and is not a folder pearzoo wrote") as info:
+        patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=out, force=True))
+    assert info.value.exit_code == 3 and (out / "old.txt").read_text() == "old"  # the user's folder is kept
+    (out / "old.txt").unlink()  # an empty folder may be replaced
+    first = patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=out, force=True))
+    assert (out / "model.safetensors").is_file() and _leftovers(tmp_path) == []
+    # A folder pearzoo wrote is replaced, atomically, by the new output.
+    other = write_json(make_manifest(tiny_dir, {(0, 2): 0.5}), tmp_path / "m2.json")
+    second = patch_model(PatchOptions(model=str(tiny_dir), manifest=other, out=out, force=True))
+    assert second.manifest != first.manifest
+    assert json.loads((out / MANIFEST_NAME).read_text())["digest"] == second.manifest
     assert _leftovers(tmp_path) == []
-    for target in (tiny_dir, tiny_dir / "sub"):
-        with pytest.raises(InvalidInputError, match="overlaps the source model"):
-            patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=target, force=True))
+    with pytest.raises(InvalidInputError, match="overlaps the source model"):
+        patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=tiny_dir / "sub", force=True))
+    before = tree_state(tiny_dir)
+    with pytest.raises(InvalidInputError, match="is not a folder pearzoo wrote"):
+        patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=tiny_dir, force=True))
+    assert tree_state(tiny_dir) == before
 
 
 def test_pickle_only_checkpoints_need_allow_pickle(tiny_dir, tmp_path):
@@ -191,7 +203,8 @@ def test_pickle_only_checkpoints_need_allow_pickle(tiny_dir, tmp_path):
     pickled = tmp_path / "pickled"
     model.config.save_pretrained(pickled)
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
-    manifest = write_json(make_manifest(tiny_dir), tmp_path / "m.json")
+    # schema 1: the tensors bound, not the files (the pickle is other bytes than the safetensors it twins)
+    manifest = write_json(make_manifest(tiny_dir, schema_version=1), tmp_path / "m.json")
     out = tmp_path / "out"
     with pytest.raises(UnsafeInputError, match=r"only pickle weights \(\.bin/\.pt\) found") as info:
         patch_model(PatchOptions(model=str(pickled), manifest=manifest, out=out))

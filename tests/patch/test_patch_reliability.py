@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 from pearzoo.patch.api import PatchOptions, patch_model
+from pearzoo.patch.target import clean_stale_temps
 from pearzoo.patch.write import TEMP_PREFIX
 from pearzoo.registry.local import LocalRegistry
 from tiny_checkpoints import hub_cache_layout, make_manifest, tree_state, write_json
@@ -71,9 +73,32 @@ def test_a_patch_killed_mid_write_leaves_no_output(sharded_dir, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    [temp] = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
-    assert temp.name == f"{TEMP_PREFIX}{proc.pid}-out" and len(list(temp.glob("*.safetensors"))) == 1
-    # The next patch into the same directory removes the dead run's temp dir, then succeeds.
+    [temp, lock] = sorted(p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX))
+    token = lock.name.removeprefix(TEMP_PREFIX).removesuffix(".lock")
+    assert re.fullmatch("[0-9a-f]{12}", token) and temp.name == f"{TEMP_PREFIX}{token}-out"
+    assert len(list(temp.glob("*.safetensors"))) == 1
+    # The next patch into the same directory takes the dead run's free lock, removes its temp dir, then succeeds.
     patch_model(PatchOptions(model=str(sharded_dir), manifest=manifest, out=out))
-    assert not temp.exists() and (out / "model.safetensors.index.json").is_file()
+    assert not temp.exists() and not lock.exists() and (out / "model.safetensors.index.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+
+
+def test_a_live_runs_temp_folder_is_kept_whatever_its_pid(tiny_dir, tmp_path):
+    # A run in another PID namespace or on another host sharing the folder: its PID means nothing here, its lock
+    # does. Held here by another lock object on the same file (a separate open file description, as another
+    # process would have), with a PID that does not exist.
+    from filelock import FileLock
+
+    manifest = write_json(make_manifest(tiny_dir), tmp_path / "m.json")
+    token = "0123456789ab"
+    lock_path, temp = tmp_path / f"{TEMP_PREFIX}{token}.lock", tmp_path / f"{TEMP_PREFIX}{token}-other"
+    held = FileLock(lock_path, timeout=0)
+    held.acquire()
+    try:
+        temp.mkdir()
+        (temp / "model.safetensors").write_bytes(b"half written")
+        patch_model(PatchOptions(model=str(tiny_dir), manifest=manifest, out=tmp_path / "out"))
+        assert (temp / "model.safetensors").read_bytes() == b"half written"  # alive: kept
+    finally:
+        held.release()
+    assert clean_stale_temps(tmp_path) == [temp] and not temp.exists()  # released: the next run reclaims it
