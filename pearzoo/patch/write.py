@@ -306,6 +306,7 @@ def write_patched(
     *,
     force: bool = False,
     progress: Callable[[str, int], Any] | None = None,
+    finish: Callable[[Path], Any] | None = None,
 ) -> WriteReport:
     """Write the patched model to `out`, atomically.
 
@@ -316,6 +317,7 @@ def write_patched(
         out (`Path`): target directory; must not exist unless `force`.
         force (`bool`): replace an existing `out` (only once the new copy is complete).
         progress (*optional*): a progress-bar factory `(desc, total) -> bar`.
+        finish (*optional*): called with the complete temp folder just before its rename (e.g. to sign it).
 
     Raises:
         DiskSpaceError: the disk filled up (nothing is left behind).
@@ -341,6 +343,8 @@ def write_patched(
         document = manifest.model_dump(mode="json", exclude_unset=True)
         (tmp / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(render_card(manifest, plan.source_dir), encoding="utf-8")
+        if finish is not None:
+            finish(tmp)
         _fsync_dir(tmp)
         _move_into_place(tmp, out, force)
     except OSError as exc:
