@@ -138,7 +138,7 @@ def check_version(
         return None
     # bool is an int in Python: `true` must not read as version 1.
     if isinstance(version, bool) or version not in supported:
-        reads = ", ".join(str(v) for v in supported)
+        reads = " and ".join(str(v) for v in supported)
         raise InvalidInputError(
             f"{source}: schema_version: {_short(version)} is not supported (this pearzoo reads {reads})",
             path=source,
