@@ -130,6 +130,7 @@ class HttpRegistry(Registry):
             try:
                 # The socket timeout bounds connect; the watchdog bounds everything after it.
                 with opener.open(request, timeout=limit) as response:
+                    declared = response.headers.get("Content-Length", "")
                     data = response.read(MAX_BYTES + 1)
             except urllib.error.HTTPError as exc:
                 if deadline.expired:
@@ -151,6 +152,11 @@ class HttpRegistry(Registry):
                 raise self._late(url, limit)  # the watchdog cut the body short: what was read is partial
         if len(data) > MAX_BYTES:
             raise ResourceError(f"{url}: larger than {MAX_BYTES // 2**20} MiB; not a registry file", path=url)
+        if declared.isdigit() and len(data) < int(declared):
+            # http.client returns a short body without complaint when the server closes early.
+            raise OfflineError(
+                f"registry {self.location} cannot be read: {url} ended after {len(data)} of {int(declared)} bytes", path=url
+            )
         return data
 
     def _late(self, url: str, limit: float) -> OfflineError:
