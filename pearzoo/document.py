@@ -93,6 +93,8 @@ def parse_text(data: bytes | str, *, source: str, fmt: Literal["json", "yaml"] =
                 problem = getattr(exc, "problem", None)
                 detail = f" ({problem})" if problem and "alias" in str(problem) else ""
                 raise InvalidInputError(f"{source}:{where}: invalid YAML{detail}", path=source) from exc
+    except InvalidInputError:
+        raise
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{source}: not valid JSON (line {exc.lineno})", path=source) from exc
     except RecursionError as exc:
