@@ -115,7 +115,82 @@ def _terminal_safe(lines: list[str]) -> str:
     return "\n".join(one_line(line) for line in lines)
 
 
+@click.group()
+def trust() -> None:
+    """A registry's trust policy (trust.json): the keys whose signatures `pearzoo patch` requires.
+
+    The policy lives at the registry root, beside index.json, and is served with it. While it says
+    require_signature (the default), patching from the registry needs a manifest signed by one of its keys.
+    """
+
+
+@trust.command("add")
+@click.argument("public_key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Who holds the key (shown in messages).")
+@click.option("--registry", required=True, envvar=settings.PEARZOO_REGISTRY, show_envvar=True, help="Registry directory.")
+@click.option("--require/--advisory", "require", default=None, help="Require signatures when patching from it (default: unchanged; a new policy requires).")
+@json_option
+def trust_add(public_key: Path, name: str, registry: str, require: bool | None, json_mode: bool) -> None:
+    """Add a public key to a registry's trust policy (created if absent).
+
+    \b
+    Examples:
+      pearzoo trust add maintainers.pub --name maintainers --registry ./registry
+    """
+    from pearzoo.registry.local import LocalRegistry
+
+    policy = LocalRegistry(registry).update_trust(add=(public_key, name), require=require)
+    Output(json_mode=json_mode).result(policy, _render_policy(policy, registry))
+
+
+@trust.command("remove")
+@click.argument("fingerprint")
+@click.option("--registry", required=True, envvar=settings.PEARZOO_REGISTRY, show_envvar=True, help="Registry directory.")
+@json_option
+def trust_remove(fingerprint: str, registry: str, json_mode: bool) -> None:
+    """Remove a key (by fingerprint, 8+ characters) from a registry's trust policy.
+
+    \b
+    Examples:
+      pearzoo trust remove 30a8a401e7a5 --registry ./registry
+    """
+    from pearzoo.registry.local import LocalRegistry
+
+    policy = LocalRegistry(registry).update_trust(remove=fingerprint)
+    Output(json_mode=json_mode).result(policy, _render_policy(policy, registry))
+
+
+@trust.command("show")
+@registry_option
+@json_option
+def trust_show(registry: str | None, json_mode: bool) -> None:
+    """Show a registry's trust policy (a directory or an http(s) URL).
+
+    \b
+    Examples:
+      pearzoo trust show --registry https://example.org/pearzoo-registry
+    """
+    from pearzoo.registry import open_registry
+
+    reg = open_registry(registry)
+    policy = reg.trust_policy()
+    if policy is None:
+        Output(json_mode=json_mode).result(None, f"{reg.location}: no trust policy (patching from it requires no signature)")
+        return
+    Output(json_mode=json_mode).result(policy, _render_policy(policy, reg.location))
+
+
+def _render_policy(policy: Any, location: str) -> str:
+    from pearzoo.signing import fingerprint
+
+    mode = "requires signatures" if policy.require_signature else "advisory (signatures checked only when asked)"
+    lines = [f"{location}: trust policy, {mode}"]
+    lines += [f"  {fingerprint(k.public_key.encode('ascii'))}  {k.name}" for k in policy.keys]
+    return _terminal_safe(lines)
+
+
 def register(group: click.Group) -> None:
+    group.add_command(trust)
     group.add_command(publish)
     group.add_command(list_command)
     group.add_command(show)

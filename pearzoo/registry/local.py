@@ -11,12 +11,13 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pearzoo.atomic import atomic_write_bytes, atomic_write_text, write_error
+from pearzoo.atomic import atomic_write_text, write_error
 from pearzoo.errors import PearzooError, IntegrityError, InvalidInputError, LockTimeoutError, NotFoundError, ResourceError
 from pearzoo.manifest.io import check_published_schema, parse_manifest, read_manifest, read_manifest_document
 from pearzoo.manifest.schema import Manifest
 from pearzoo.registry.base import (
     INDEX_NAME,
+    TRUST_NAME,
     EntrySignature,
     Index,
     IndexEntry,
@@ -26,6 +27,8 @@ from pearzoo.registry.base import (
     parse_index,
     render_index,
     signature_relpath,
+    TrustKey,
+    TrustPolicy,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,6 +123,59 @@ class LocalRegistry(Registry):
         updated = Index(entries=[*index.entries, entry])
         atomic_write_text(self.root / INDEX_NAME, render_index(updated))
         return entry
+
+    def update_trust(
+        self, *, add: tuple[Path, str] | None = None, remove: str | None = None, require: bool | None = None
+    ) -> TrustPolicy:
+        """Change the registry's `trust.json` under the publish lock (atomic rewrite).
+
+        Args:
+            add (`(Path, str)`, *optional*): a PEM public key file and who holds it; a key already listed is
+                not added twice (same fingerprint).
+            remove (`str`, *optional*): a key fingerprint (or a prefix of 8+ characters) to drop.
+            require (`bool`, *optional*): set `require_signature`.
+
+        Returns:
+            `TrustPolicy`: the policy as written.
+
+        Raises:
+            NotFoundError: no key with that fingerprint; no policy to change.
+            InvalidInputError: a bad key or name, or removing the last key (delete trust.json instead).
+            ResourceError: the registry cannot be written.
+        """
+        from pearzoo.document import validate_into
+        from pearzoo.signing import fingerprint, read_public_key
+
+        try:
+            with _locked(self.root):
+                current = self.trust_policy()
+                keys = list(current.keys) if current else []
+                if add is not None:
+                    pem = read_public_key(add[0])
+                    if fingerprint(pem) not in {fingerprint(k.public_key.encode("ascii")) for k in keys}:
+                        keys.append(validate_into(TrustKey, {"name": add[1], "public_key": pem.decode("ascii")}, source="--name"))
+                if remove is not None:
+                    if len(remove) < 8:
+                        raise InvalidInputError(f"fingerprint '{remove}': give at least 8 characters", field="fingerprint")
+                    kept = [k for k in keys if not fingerprint(k.public_key.encode("ascii")).startswith(remove.lower())]
+                    if len(kept) == len(keys):
+                        raise NotFoundError(f"{self.root / TRUST_NAME}: no key with fingerprint {remove}")
+                    keys = kept
+                if not keys:
+                    raise InvalidInputError(
+                        f"{self.root / TRUST_NAME}: a trust policy needs at least one key",
+                        hint=f"to stop requiring signatures, delete {self.root / TRUST_NAME}",
+                    )
+                policy = TrustPolicy(
+                    require_signature=require if require is not None else (current.require_signature if current else True),
+                    keys=keys,
+                )
+                atomic_write_text(self.root / TRUST_NAME, json.dumps(policy.model_dump(mode="json"), indent=2) + "\n")
+        except OSError as exc:
+            if isinstance(exc, PearzooError):
+                raise
+            raise write_error(exc, self.root) from exc
+        return policy
 
     def _index_or_empty(self) -> Index:
         path = self.root / INDEX_NAME
