@@ -14,7 +14,7 @@ from pearzoo import __version__
 from pearzoo.binding import base_digests, base_files
 from pearzoo.errors import BudgetError, InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
-from pearzoo.manifest.io import seal
+from pearzoo.manifest.io import parse_manifest, seal
 from pearzoo.manifest.schema import MANIFEST_SCHEMA_VERSION, Manifest
 from pearzoo.recipe.catalog import get_recipe, recipe_for_config
 from pearzoo.recipe.load import recipe_digest
@@ -314,4 +314,4 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
             "seconds": {k: round(v, 3) for k, v in ctx.seconds.items()},
         },
     }
-    return Manifest.model_validate(seal(document))
+    return parse_manifest(seal(document), source=f"manifest built for {options.model}")  # bounds checked as every reader does

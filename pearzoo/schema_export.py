@@ -36,7 +36,7 @@ def stale_schemas(directory: Path = SCHEMA_DIR) -> list[str]:
 
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
-    from pearzoo.manifest.io import atomic_write_text
+    from pearzoo.atomic import atomic_write_text
 
     return [atomic_write_text(directory / f"{name}.schema.json", render(s)) for name, s in schemas().items()]
 

@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     except PearzooError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        from pearzoo.document import one_line
+
+        # Messages quote input (ids, server replies, file names): escaped so they stay one line and inert.
+        click.echo(f"error: {one_line(exc)}", err=True)
         if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+            click.echo(f"hint: {one_line(exc.hint)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -25,6 +25,9 @@ def _help(field: str) -> str:
 @click.option("--dry-run", is_flag=True, help=_help("dry_run"))
 @click.option("--allow-pickle", is_flag=True, help=_help("allow_pickle"))
 @click.option("--force", is_flag=True, help=_help("force"))
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help=_help("public_keys"))
+@click.option("--require-signature/--no-require-signature", default=None, help=_help("require_signature"))
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("sign_key"))
 @click.option("--build", "build_missing", is_flag=True, help="If no registry manifest fits MODEL's weights, build one with the recipe that covers it, then patch.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --build: override a recipe setting (repeatable).")
 @json_option
@@ -65,6 +68,7 @@ def patch(
     if overrides and not build_missing:
         raise click.UsageError("--set applies to --build only")
     output = Output(json_mode=json_mode, quiet=quiet)
+    kw["public_keys"] = list(kw["public_keys"])
     options = PatchOptions(model=model, manifest=manifest, registry=registry, **kw)
     built = None
     if build_missing and find_manifest(model, options.revision, registry) is None:
@@ -89,6 +93,10 @@ def patch(
             f"manifest: {result.manifest} ({result.recipe})\n"
             f"folded {len(result.tensors)} tensor(s) in {result.shards} shard(s): {heads}"
         )
+        if result.output_signature:
+            human += f"\nsigned: {result.output_signature}"
+    if result.signed_by:
+        human += f"\nmanifest signature: ok (key {result.signed_by[:12]})"
     output.result(result, human)
 
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from pearzoo.atomic import atomic_write_text, write_error
 from pearzoo.digest import document_digest
-from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError, validation_location
+from pearzoo.document import check_version, one_line, parse_text, read_capped, validate_into
+from pearzoo.errors import IntegrityError, InvalidInputError
+from pearzoo.manifest.bounds import check_coefficients
 from pearzoo.manifest.schema import SUPPORTED_MANIFEST_VERSIONS, Manifest
+
+__all__ = [
+    "atomic_write_text",  # re-exported for callers that imported it from here before pearzoo.atomic existed
+    "check_published_schema",
+    "manifest_digest",
+    "manifest_json",
+    "parse_manifest",
+    "read_manifest",
+    "read_manifest_document",
+    "seal",
+    "write_manifest",
+]
 
 
 def manifest_digest(document: dict[str, Any]) -> str:
@@ -27,27 +38,17 @@ def seal(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_manifest(document: Any, *, source: str, verify_digest: bool = True) -> Manifest:
-    """Validate a manifest document and (by default) its digest.
+    """Validate a manifest document, its coefficient bounds and (by default) its digest.
 
     Raises:
-        InvalidInputError: not a mapping, an unknown schema_version, or a schema violation (file:field).
+        InvalidInputError: not a mapping, an unknown schema_version, a schema violation (file:field), or a
+            coefficient that is not finite or outside the recipe's `train.tau_range`.
         IntegrityError: the digest does not match the content.
     """
-    if not isinstance(document, dict):
-        raise InvalidInputError(f"{source}: a manifest must be a JSON object", path=source)
-    version = document.get("schema_version")
-    if version not in SUPPORTED_MANIFEST_VERSIONS or isinstance(version, bool):
-        readable = " and ".join(str(v) for v in SUPPORTED_MANIFEST_VERSIONS)
-        raise InvalidInputError(
-            f"{source}: schema_version: {version!r} is not supported (this pearzoo reads {readable})",
-            path=source,
-            field="schema_version",
-        )
-    try:
-        manifest = Manifest.model_validate(document)
-    except ValidationError as exc:
-        loc, msg = validation_location(exc)
-        raise InvalidInputError(f"{source}: {loc}: {msg}", path=source, field=loc) from exc
+    check_version(
+        document, source=source, supported=SUPPORTED_MANIFEST_VERSIONS, not_a_mapping="a manifest must be a JSON object"
+    )
+    manifest = validate_into(Manifest, document, source=source)
     if verify_digest:
         actual = manifest_digest(document)
         if actual != manifest.digest:
@@ -57,27 +58,20 @@ def parse_manifest(document: Any, *, source: str, verify_digest: bool = True) ->
                 expected=manifest.digest,
                 actual=actual,
             )
+    # After the digest: a tampered coefficient is reported as tampering (exit 5), a sealed one out of range as
+    # invalid input (exit 3): the build that sealed it was wrong, or its author is hostile.
+    check_coefficients(manifest, source=source)
     return manifest
 
 
 def read_manifest_document(path: str | Path) -> dict[str, Any]:
-    """The raw JSON document of a manifest file, unvalidated.
+    """The raw JSON document of a manifest file, unvalidated (size-capped, depth-capped).
 
     Raises:
         NotFoundError: no such file.
-        InvalidInputError: unreadable, or not JSON.
+        InvalidInputError: unreadable, too large, not JSON, or nested too deep.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"{p}: manifest not found", path=str(p)) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{p}: cannot read manifest: {exc}", path=str(p)) from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{p}: not valid JSON (line {exc.lineno})", path=str(p)) from exc
+    return parse_text(read_capped(path, what="manifest"), source=str(path))
 
 
 def check_published_schema(document: Any, *, source: str) -> None:
@@ -94,7 +88,9 @@ def check_published_schema(document: Any, *, source: str) -> None:
         jsonschema.validate(document, load_schema("manifest"))
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
-        raise InvalidInputError(f"{source}: {where}: {exc.message}", path=source, field=where) from exc
+        # jsonschema quotes the offending value, which comes from the file: one line, and not all of it.
+        message = one_line(f"{source}: {where}: {exc.message}")
+        raise InvalidInputError(message if len(message) <= 300 else message[:297] + "...", path=source, field=where) from exc
 
 
 def read_manifest(path: str | Path, *, verify_digest: bool = True) -> Manifest:
@@ -112,35 +108,12 @@ def manifest_json(manifest: Manifest) -> str:
     return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename: readers never see a partial file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp makes the file owner-only (0600); a manifest or an index served by a web server must get
-        # the mode a plain open() would give it.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     """Write a manifest atomically after checking that its digest matches its content."""
     document = manifest.model_dump(mode="json")
     if manifest_digest(document) != manifest.digest:
         raise IntegrityError("refusing to write a manifest whose digest does not match its content")
-    return atomic_write_text(path, manifest_json(manifest))
+    try:
+        return atomic_write_text(path, manifest_json(manifest))
+    except OSError as exc:
+        raise write_error(exc, path) from exc

@@ -49,6 +49,9 @@ class PatchOptions(BaseModel):
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
     force: bool = Field(default=False, description="Replace an existing output directory.")
+    public_keys: list[Path] = Field(default_factory=list, description="Require the manifest to be signed by this EC public key (PEM); repeatable.")
+    require_signature: bool | None = Field(default=None, description="Require a signed manifest (default: when --public-key is given or the registry's trust.json requires it).")
+    sign_key: Path | None = Field(default=None, description="Sign the patched folder with this EC private key (PEM): OUT/model.sig, as model_signing writes it.")
 
 
 class PatchedHead(BaseModel):
@@ -77,6 +80,8 @@ class PatchResult(BaseModel):
     dry_run: bool
     bytes_written: int
     seconds: float
+    signed_by: str | None = Field(default=None, description="Fingerprint of the key whose manifest signature was verified.")
+    output_signature: str | None = Field(default=None, description="OUT/model.sig, when the output was signed.")
 
 
 def patch_model(
@@ -119,9 +124,18 @@ def patch_model(
         notify(f"{options.model} is in Meta's original format; using its transformers twin {twin}")
     if options.out is not None and not options.dry_run:
         check_out(_out(options, ""), force=options.force)  # before any download or load
+    from pearzoo.trust import check_manifest_signature, check_signing_key, sign_output
+
+    check_signing_key(options.sign_key)
     source = resolve_source(options.model, options.revision)
+    origin = "memory" if manifest is not None else "file" if options.manifest is not None else "registry"
     if manifest is None:
         manifest = resolve_manifest(source, manifest=options.manifest, registry=options.registry)
+    signed_by = check_manifest_signature(
+        manifest, origin=origin, manifest_path=options.manifest, registry=options.registry,
+        public_keys=options.public_keys, require=options.require_signature, notify=notify,
+    )
+    finish = (lambda folder: sign_output(folder, options.sign_key)) if options.sign_key else None  # noqa: E731
     out = _out(options, source.model_id)
     _check_overlap(out, source)
     if not options.dry_run:
@@ -135,13 +149,14 @@ def patch_model(
     try:
         if source.gguf_file or not any(source.path.glob("*.safetensors")):
             plan, written = patch_materialized(
-                source, manifest, out, dry_run=options.dry_run, allow_pickle=options.allow_pickle, force=options.force, progress=progress
+                source, manifest, out, dry_run=options.dry_run, allow_pickle=options.allow_pickle, force=options.force, progress=progress,
+                finish=finish,
             )
         else:
             config = read_config(source.path)
             plan = plan_folds(source.path, config, manifest, model_id=source.model_id)
             verify_plan(plan, manifest, source.model_id, defer_folded=not options.dry_run)
-            written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress)
+            written = None if options.dry_run else write_patched(plan, manifest, config, out, force=options.force, progress=progress, finish=finish)
     except IntegrityError as exc:
         # A tensor or file that differs (verify_base records what it expected) from a manifest built from other files of
         # the same model id: the id cannot tell them apart, so the hint names the files.
@@ -163,6 +178,8 @@ def patch_model(
         dry_run=options.dry_run,
         bytes_written=written.bytes_written if written else 0,
         seconds=round(time.perf_counter() - start, 3),
+        signed_by=signed_by,
+        output_signature=str(out / "model.sig") if written and finish else None,
     )
 
 

@@ -56,6 +56,7 @@ def patch_materialized(
     allow_pickle: bool,
     force: bool,
     progress: ProgressFactory | None,
+    finish: Callable[[Path], Any] | None = None,
 ) -> tuple[FoldPlan, WriteReport | None]:
     """GGUF or pickle: verify the files, load with transformers, verify in memory, stage as safetensors, patch that."""
     from pearzoo.heads import geometry_from_config
@@ -108,7 +109,7 @@ def patch_materialized(
             # the folded tensors are checked again as write_patched reads them.
             plan = plan_folds(stage, config, manifest, model_id=source.model_id, bind_files=False)
             verify_plan(plan, manifest, source.model_id, defer_folded=True)
-            return plan, write_patched(plan, manifest, config, out, force=force, progress=progress, run=run)
+            return plan, write_patched(plan, manifest, config, out, force=force, progress=progress, run=run, finish=finish)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 

@@ -304,6 +304,7 @@ def write_patched(
     force: bool = False,
     progress: Callable[[str, int], Any] | None = None,
     run: RunTemp | None = None,
+    finish: Callable[[Path], Any] | None = None,
 ) -> WriteReport:
     """Write the patched model to `out`, atomically.
 
@@ -315,6 +316,7 @@ def write_patched(
         force (`bool`): replace an existing `out` (only once the new copy is complete).
         progress (*optional*): a progress-bar factory `(desc, total) -> bar`.
         run (`RunTemp`, *optional*): the run's temp folders (a caller that staged files already holds one).
+        finish (*optional*): called with the complete temp folder just before its rename (e.g. to sign it).
 
     Raises:
         DiskSpaceError: the disk filled up; ResourceError: another write error (nothing is left behind).
@@ -322,7 +324,7 @@ def write_patched(
     """
     if run is None:
         with RunTemp(out) as own:
-            return write_patched(plan, manifest, config, out, force=force, progress=progress, run=own)
+            return write_patched(plan, manifest, config, out, force=force, progress=progress, run=own, finish=finish)
     tmp = run.path()
     report = WriteReport(out=out)
     sizes = {f: (plan.source_dir / f).stat().st_size for f in plan.files}
@@ -345,6 +347,8 @@ def write_patched(
         (tmp / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(render_card(manifest, plan.source_dir), encoding="utf-8")
         validate_output(tmp, plan, sources, report)
+        if finish is not None:
+            finish(tmp)  # e.g. sign it: the signature covers exactly what is renamed into place
         fsync_dir(tmp)
         move_into_place(tmp, out, run, force=force)
     except PearzooError:

@@ -6,11 +6,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
 from pearzoo.digest import document_digest
-from pearzoo.errors import InvalidInputError, NotFoundError, validation_location
+from pearzoo.document import check_version, parse_text, read_capped, validate_into
+from pearzoo.errors import InvalidInputError
 from pearzoo.recipe.schema import RECIPE_SCHEMA_VERSION, Recipe
 
 
@@ -20,38 +18,15 @@ def parse_recipe(data: Any, *, source: str) -> Recipe:
     Raises:
         InvalidInputError: naming `source` and the first offending field.
     """
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{source}: a recipe must be a mapping", path=source)
-    version = data.get("schema_version")
-    if version is not None and version != RECIPE_SCHEMA_VERSION:
-        raise InvalidInputError(
-            f"{source}: schema_version: {version!r} is not supported (this pearzoo reads {RECIPE_SCHEMA_VERSION})",
-            path=source,
-            field="schema_version",
-        )
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        loc, msg = validation_location(exc)
-        raise InvalidInputError(f"{source}: {loc}: {msg}", path=source, field=loc) from exc
+    check_version(
+        data, source=source, supported=(RECIPE_SCHEMA_VERSION,), not_a_mapping="a recipe must be a mapping", required=False
+    )
+    return validate_into(Recipe, data, source=source)
 
 
 def read_recipe_document(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file's raw mapping (safe YAML)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"{p}: recipe file not found", path=str(p)) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{p}: cannot read recipe: {exc}", path=str(p)) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise InvalidInputError(f"{p}:{where}: invalid YAML", path=str(p)) from exc
-    return data
+    """Read a recipe file's raw mapping (safe YAML without aliases, size- and depth-capped)."""
+    return parse_text(read_capped(path, what="recipe file"), source=str(path), fmt="yaml")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -86,8 +61,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
         if not sep or not key.strip():
             raise InvalidInputError(f"--set {item!r}: expected KEY=VALUE", field=item)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
+            value = parse_text(raw, source=f"--set {item!r}", fmt="yaml")
+        except InvalidInputError as exc:
             raise InvalidInputError(f"--set {item!r}: value is not valid YAML", field=key) from exc
         parts = key.strip().split(".")
         node = out

@@ -186,6 +186,34 @@ class Preservation(_Strict):
     text_batch: int = Field(default=4, ge=1, description="Text windows per training step when `weight` > 0.")
 
 
+class TauRange(_Strict):
+    """Where a learned coefficient may lie (`low < tau <= high`; `include_low` admits `tau = low`).
+
+    Checked wherever a manifest is read (build, verify, publish, patch). The default (0, 4] refuses a head
+    switched off (0) or flipped (< 0): a recipe that means it says so with `low: 0, include_low: true`.
+    """
+
+    low: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Lower bound (exclusive unless include_low).")
+    high: float = Field(
+        default=4.0, gt=0, le=100, allow_inf_nan=False,
+        description="Upper bound (inclusive). At most 100: a larger scale of an output projection is a broken build, "
+        "and in float16 it approaches overflow.",
+    )
+    include_low: bool = Field(default=False, description="Also accept tau = low (with low 0: a head switched off).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TauRange":
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+    def contains(self, tau: float) -> bool:
+        return (self.low <= tau if self.include_low else self.low < tau) and tau <= self.high
+
+    def __str__(self) -> str:
+        return f"{'[' if self.include_low else '('}{self.low:g}, {self.high:g}]"
+
+
 class TrainSpec(_Strict):
     """Coefficient training (spec §3). The model stays frozen; coefficients are float32."""
 
@@ -198,6 +226,7 @@ class TrainSpec(_Strict):
     validation_sequences: int = Field(default=64, ge=1, description="Held-out copy sequences for step selection.")
     validate_every: int = Field(default=5, ge=1, description="Validate every this many steps (and at the end).")
     preservation: Preservation = Field(default_factory=Preservation)
+    tau_range: TauRange = Field(default_factory=TauRange, description="Bounds every learned coefficient must meet.")
 
 
 class AuditTolerances(_Strict):

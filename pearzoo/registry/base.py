@@ -3,7 +3,9 @@
 A registry is a directory tree that reads the same from a local path, a git checkout and static HTTP::
 
     index.json                                     which manifests exist, oldest first
+    trust.json                                     optional: the keys whose signatures patch requires
     manifests/models--<org>--<name>/<digest>.json  immutable, named by content hash
+    manifests/models--<org>--<name>/<digest>.sig   optional: its OMS signature bundle
 
 Backends supply only `read_bytes(relpath)` (and, for writable ones, `publish`). Every read is verified here:
 a manifest must pass the schema, match its own digest, and be the manifest the index names, so a tampered
@@ -17,15 +19,21 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pearzoo.document import check_version, parse_text, validate_into
 from pearzoo.errors import IntegrityError, InvalidInputError, NotFoundError
 from pearzoo.manifest.io import parse_manifest
 from pearzoo.manifest.schema import Manifest
 from pearzoo.source import validate_hub_id
 
 INDEX_NAME = "index.json"
-INDEX_SCHEMA_VERSION = 1
+TRUST_NAME = "trust.json"
+# 2: entries may record a signature. Version 1 indexes (no signatures) are still read; publishing into one
+# rewrites it as version 2.
+INDEX_SCHEMA_VERSION = 2
+INDEX_SCHEMA_VERSIONS = (1, 2)
+TRUST_SCHEMA_VERSION = 1
 MANIFESTS_DIR = "manifests"
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -35,17 +43,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_FINGERPRINT = r"^[0-9a-f]{64}$"
+
+
+class EntrySignature(_Strict):
+    """How a published manifest is signed: an OMS bundle at `<digest>.sig` beside it."""
+
+    method: Literal["key"] = Field(default="key", description="`key`: an elliptic-curve key (offline).")
+    fingerprint: str = Field(pattern=_FINGERPRINT, description="sha256 of the signing key's PEM public key.")
+
+
 class IndexEntry(_Strict):
-    """One published manifest: a version of a model's coefficients."""
+    """One published manifest: a version of a model's coefficients.
+
+    Every string is constrained to the characters its kind needs: an index is data from a server, and
+    `pearzoo list` prints it to a terminal (no newlines, no escape sequences).
+    """
 
     model_id: str = Field(description="The manifest's `base.model_id`.")
     digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="The manifest's digest (its file name).")
-    recipe: str = Field(description="Recipe id the manifest was built with.")
-    recipe_version: str = Field(description="Recipe version.")
-    model_type: str = Field(description="`config.model_type` of the base model.")
-    revision: str | None = Field(default=None, description="Hub commit of the base model, where known.")
+    recipe: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$", max_length=200, description="Recipe id the manifest was built with.")
+    recipe_version: str = Field(pattern=r"^\d+\.\d+\.\d+$", max_length=50, description="Recipe version.")
+    model_type: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100, description="`config.model_type` of the base model.")
+    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]+$", max_length=200, description="Hub commit of the base model, where known.")
     heads: int = Field(ge=1, description="Number of heads the manifest scales.")
-    published: str = Field(description="UTC time of publication (ISO 8601).")
+    published: str = Field(pattern=r"^[0-9T:.+-]+Z?$", max_length=40, description="UTC time of publication (ISO 8601).")
+    signature: EntrySignature | None = Field(default=None, description="Set when the manifest was published signed.")
+
+    @field_validator("model_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if len(value) > 200:
+            raise ValueError("longer than 200 characters")
+        validate_hub_id(value)  # its errors are ValueErrors, so pydantic names the field
+        return value
 
     @property
     def path(self) -> str:
@@ -55,7 +86,7 @@ class IndexEntry(_Strict):
 class Index(_Strict):
     """`index.json`: every published manifest, in publication order (the last one of a model is its newest)."""
 
-    schema_version: Literal[1] = INDEX_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = INDEX_SCHEMA_VERSION
     entries: list[IndexEntry] = Field(default_factory=list)
 
     def versions(self, model_id: str) -> list[IndexEntry]:
@@ -104,37 +135,60 @@ def manifest_relpath(model_id: str, digest: str) -> str:
     return f"{MANIFESTS_DIR}/{repo_folder(model_id)}/{digest}.json"
 
 
-def parse_index(data: bytes, *, source: str) -> Index:
-    """Validate `index.json` bytes.
+def signature_relpath(model_id: str, digest: str) -> str:
+    """Where a manifest's signature bundle lives: `<digest>.sig` beside `<digest>.json`."""
+    return manifest_relpath(model_id, digest)[: -len(".json")] + ".sig"
+
+
+class TrustKey(_Strict):
+    """A public key whose signatures a registry's trust policy accepts."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9 _.@+-]{1,100}$", description="Who holds the key (for messages).")
+    public_key: str = Field(max_length=4096, description="PEM SubjectPublicKeyInfo of an EC P-256/384/521 key.")
+
+
+class TrustPolicy(_Strict):
+    """`trust.json` at a registry's root: which keys must have signed what `pearzoo patch` applies from it."""
+
+    schema_version: Literal[1] = TRUST_SCHEMA_VERSION
+    require_signature: bool = Field(default=True, description="Patching from this registry requires a signature.")
+    keys: list[TrustKey] = Field(min_length=1, max_length=100)
+
+
+def parse_trust(data: bytes, *, source: str) -> TrustPolicy:
+    """Validate `trust.json` bytes, keys included (each must load as a supported public key).
 
     Raises:
-        InvalidInputError: not JSON, or fails the index schema (file:field).
+        InvalidInputError: not JSON, an unknown schema_version, a schema violation, or a key that does not load.
     """
-    try:
-        document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{source}: not valid JSON", path=source) from exc
-    if isinstance(document, dict) and document.get("schema_version", INDEX_SCHEMA_VERSION) != INDEX_SCHEMA_VERSION:
-        raise InvalidInputError(
-            f"{source}: schema_version: {document['schema_version']!r} is not supported "
-            f"(this pearzoo reads {INDEX_SCHEMA_VERSION})",
-            path=source,
-            field="schema_version",
-        )
-    try:
-        return Index.model_validate(document)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InvalidInputError(f"{source}: {loc}: {msg}", path=source, field=loc) from exc
+    from pearzoo.signing import public_pem
+
+    document = parse_text(data, source=source)
+    check_version(document, source=source, supported=(TRUST_SCHEMA_VERSION,), not_a_mapping="a trust policy must be a JSON object")
+    policy = validate_into(TrustPolicy, document, source=source)
+    for i, key in enumerate(policy.keys):
+        public_pem(key.public_key.encode("ascii", "replace"), source=f"{source}: keys.{i}.public_key")
+    return policy
+
+
+def parse_index(data: bytes, *, source: str) -> Index:
+    """Validate `index.json` bytes (schema_version 1 and 2 are read; a missing one reads as 1).
+
+    Raises:
+        InvalidInputError: not JSON, nested too deep, or fails the index schema (file:field).
+    """
+    document = parse_text(data, source=source)
+    check_version(
+        document, source=source, supported=INDEX_SCHEMA_VERSIONS, not_a_mapping="an index must be a JSON object", required=False
+    )
+    return validate_into(Index, document, source=source)
 
 
 def render_index(index: Index) -> str:
     return json.dumps(index.model_dump(mode="json"), indent=2) + "\n"
 
 
-def entry_for(manifest: Manifest, published: str) -> IndexEntry:
+def entry_for(manifest: Manifest, published: str, signature: EntrySignature | None = None) -> IndexEntry:
     return IndexEntry(
         model_id=manifest.base.model_id,
         digest=manifest.digest,
@@ -144,6 +198,7 @@ def entry_for(manifest: Manifest, published: str) -> IndexEntry:
         revision=manifest.base.revision,
         heads=len(manifest.heads),
         published=published,
+        signature=signature,
     )
 
 
@@ -166,7 +221,7 @@ class Registry(ABC):
         """A file's location for messages (a path or a URL)."""
         return f"{self.location.rstrip('/')}/{relpath}"
 
-    def publish(self, path: Any) -> IndexEntry:
+    def publish(self, path: Any, *, sign_key: Any = None) -> IndexEntry:
         """Add a manifest file to the registry. Only local directories are writable."""
         raise InvalidInputError(
             f"registry {self.location} is read-only",
@@ -182,6 +237,45 @@ class Registry(ABC):
                 f"{self.describe(INDEX_NAME)}: no registry index here", path=self.describe(INDEX_NAME)
             ) from exc
         return parse_index(data, source=self.describe(INDEX_NAME))
+
+    def trust_policy(self) -> TrustPolicy | None:
+        """The registry's `trust.json`, or None when it has none.
+
+        Raises:
+            InvalidInputError: a trust.json that does not validate (never silently "no policy").
+        """
+        try:
+            data = self.read_bytes(TRUST_NAME)
+        except NotFoundError:
+            return None
+        return parse_trust(data, source=self.describe(TRUST_NAME))
+
+    def verify_signature(self, entry: IndexEntry, trusted: list[bytes]) -> str:
+        """Check the signature of a published manifest against trusted public keys (normalized PEMs).
+
+        The bundle covers the bytes stored at the entry's path; those bytes must also be the manifest the
+        entry names (digest and model id), so a valid signature over another manifest does not pass.
+
+        Returns:
+            `str`: the fingerprint of the key that signed.
+
+        Raises:
+            IntegrityError: unsigned, signed by another key, or the signature does not match.
+        """
+        from pearzoo.signing import verify_bytes
+
+        sig_rel = signature_relpath(entry.model_id, entry.digest)
+        try:
+            bundle = self.read_bytes(sig_rel)
+        except NotFoundError as exc:
+            raise IntegrityError(
+                f"{self.describe(sig_rel)}: manifest {entry.digest[:12]} of '{entry.model_id}' is not signed",
+                path=self.describe(sig_rel),
+            ) from exc
+        data = self.read_bytes(manifest_relpath(entry.model_id, entry.digest))
+        key = verify_bytes(data, bundle, trusted, source=self.describe(sig_rel))
+        self._check_entry(entry, data)
+        return key
 
     def list_models(self) -> list[ModelSummary]:
         """One summary per model, sorted by id."""
@@ -223,13 +317,15 @@ class Registry(ABC):
 
     def read_manifest(self, entry: IndexEntry) -> Manifest:
         """Read and verify the manifest an index entry names."""
-        relpath = manifest_relpath(entry.model_id, entry.digest)
-        source = self.describe(relpath)
-        data = self.read_bytes(relpath)
+        return self._check_entry(entry, self.read_bytes(manifest_relpath(entry.model_id, entry.digest)))
+
+    def _check_entry(self, entry: IndexEntry, data: bytes) -> Manifest:
+        """The manifest in `data`, verified, and the one `entry` names."""
+        source = self.describe(manifest_relpath(entry.model_id, entry.digest))
         try:
-            document = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{source}: not valid JSON: the stored manifest is damaged", path=source) from exc
+            document = parse_text(data, source=source)
+        except InvalidInputError as exc:
+            raise IntegrityError(f"{exc}: the stored manifest is damaged", path=source) from exc
         # parse_manifest recomputes the digest: a manifest edited in place is refused here.
         manifest = parse_manifest(document, source=source)
         if manifest.digest != entry.digest:

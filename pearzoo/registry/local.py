@@ -11,11 +11,14 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pearzoo.atomic import atomic_write_text, write_error
 from pearzoo.errors import PearzooError, IntegrityError, InvalidInputError, LockTimeoutError, NotFoundError, ResourceError
-from pearzoo.manifest.io import atomic_write_text, check_published_schema, parse_manifest, read_manifest, read_manifest_document
+from pearzoo.manifest.io import check_published_schema, parse_manifest, read_manifest, read_manifest_document
 from pearzoo.manifest.schema import Manifest
 from pearzoo.registry.base import (
     INDEX_NAME,
+    TRUST_NAME,
+    EntrySignature,
     Index,
     IndexEntry,
     Registry,
@@ -23,6 +26,9 @@ from pearzoo.registry.base import (
     manifest_relpath,
     parse_index,
     render_index,
+    signature_relpath,
+    TrustKey,
+    TrustPolicy,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,15 +63,18 @@ class LocalRegistry(Registry):
         except OSError as exc:
             raise ResourceError(f"{path}: cannot read: {exc.strerror or exc}", path=str(path)) from exc
 
-    def publish(self, path: str | Path) -> IndexEntry:
+    def publish(self, path: str | Path, *, sign_key: str | Path | None = None) -> IndexEntry:
         """Validate a manifest file and add it to the registry.
 
-        Checks, in order: the pydantic model and the digest, the committed JSON Schema, a safe model id, and
-        that the recipe exists at the manifest's version. Then, under the registry's lock, writes the manifest
-        to `manifests/models--org--name/<digest>.json` and appends it to the index.
+        Checks, in order: the pydantic model, the digest and the coefficient bounds, the committed JSON Schema,
+        a safe model id, and that the recipe exists at the manifest's version. Then, under the registry's lock,
+        writes the manifest to `manifests/models--org--name/<digest>.json`, with `sign_key` its OMS signature
+        `<digest>.sig` beside it (signed over the bytes stored), and appends it to the index last: a publish
+        killed at any point leaves the index as it was or complete, and re-publishing finishes it.
 
         Args:
             path (`str` or `Path`): the manifest file.
+            sign_key (`str` or `Path`, *optional*): an EC private key (PEM) to sign the manifest with.
 
         Returns:
             `IndexEntry`: the new entry.
@@ -76,22 +85,97 @@ class LocalRegistry(Registry):
             UnsafeInputError: the model id could escape the registry directory.
             IntegrityError: the digest does not match the content, or a different file sits at its path.
             LockTimeoutError: another publisher held the lock too long.
+            ResourceError / DiskSpaceError: the registry directory cannot be written (exit 6).
         """
+        from pearzoo.signing import signing_key_fingerprint
+
         manifest, document = _read_for_publish(Path(path))
         relpath = manifest_relpath(manifest.base.model_id, manifest.digest)  # validates the id first
         check_recipe(manifest, source=str(path))
+        if sign_key is not None:
+            signing_key_fingerprint(sign_key)  # a bad key fails before the registry is touched
         text = json.dumps(document, indent=2) + "\n"
-        with _locked(self.root):
-            index = self._index_or_empty()
-            self._refuse_conflicts(index, manifest, relpath)
-            target = self.root / relpath
-            if not target.exists():
-                atomic_write_text(target, text)
-            entry = entry_for(manifest, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            updated = Index(entries=[*index.entries, entry])
-            atomic_write_text(self.root / INDEX_NAME, render_index(updated))
+        try:
+            with _locked(self.root):
+                entry = self._publish_locked(manifest, relpath, text, sign_key)
+        except OSError as exc:
+            if isinstance(exc, PearzooError):
+                raise
+            raise write_error(exc, self.root) from exc
         logger.info("published %s %s to %s", manifest.base.model_id, manifest.digest, self.root)
         return entry
+
+    def _publish_locked(self, manifest: Manifest, relpath: str, text: str, sign_key: str | Path | None) -> IndexEntry:
+        from pearzoo.signing import sign_path
+
+        index = self._index_or_empty()
+        self._refuse_conflicts(index, manifest, relpath)
+        target = self.root / relpath
+        if not target.exists():
+            atomic_write_text(target, text)
+        signature = None
+        if sign_key is not None:
+            # Signed after the manifest is in place, over the stored bytes (they are what readers fetch), and
+            # written atomically: a kill leaves no index entry, and re-publishing signs again.
+            key_id = sign_path(target, sign_key, self.root / signature_relpath(manifest.base.model_id, manifest.digest))
+            signature = EntrySignature(fingerprint=key_id)
+        entry = entry_for(manifest, datetime.now(timezone.utc).isoformat(timespec="seconds"), signature)
+        updated = Index(entries=[*index.entries, entry])
+        atomic_write_text(self.root / INDEX_NAME, render_index(updated))
+        return entry
+
+    def update_trust(
+        self, *, add: tuple[Path, str] | None = None, remove: str | None = None, require: bool | None = None
+    ) -> TrustPolicy:
+        """Change the registry's `trust.json` under the publish lock (atomic rewrite).
+
+        Args:
+            add (`(Path, str)`, *optional*): a PEM public key file and who holds it; a key already listed is
+                not added twice (same fingerprint).
+            remove (`str`, *optional*): a key fingerprint (or a prefix of 8+ characters) to drop.
+            require (`bool`, *optional*): set `require_signature`.
+
+        Returns:
+            `TrustPolicy`: the policy as written.
+
+        Raises:
+            NotFoundError: no key with that fingerprint; no policy to change.
+            InvalidInputError: a bad key or name, or removing the last key (delete trust.json instead).
+            ResourceError: the registry cannot be written.
+        """
+        from pearzoo.document import validate_into
+        from pearzoo.signing import fingerprint, read_public_key
+
+        try:
+            with _locked(self.root):
+                current = self.trust_policy()
+                keys = list(current.keys) if current else []
+                if add is not None:
+                    pem = read_public_key(add[0])
+                    if fingerprint(pem) not in {fingerprint(k.public_key.encode("ascii")) for k in keys}:
+                        keys.append(validate_into(TrustKey, {"name": add[1], "public_key": pem.decode("ascii")}, source="--name"))
+                if remove is not None:
+                    if len(remove) < 8:
+                        raise InvalidInputError(f"fingerprint '{remove}': give at least 8 characters", field="fingerprint")
+                    kept = [k for k in keys if not fingerprint(k.public_key.encode("ascii")).startswith(remove.lower())]
+                    if len(kept) == len(keys):
+                        raise NotFoundError(f"{self.root / TRUST_NAME}: no key with fingerprint {remove}")
+                    keys = kept
+                if not keys:
+                    raise InvalidInputError(
+                        f"{self.root / TRUST_NAME}: a trust policy needs at least one key",
+                        hint=f"to stop requiring signatures, delete {self.root / TRUST_NAME}",
+                    )
+                policy = TrustPolicy(
+                    require_signature=require if require is not None else (current.require_signature if current else True),
+                    keys=keys,
+                )
+                atomic_write_text(self.root / TRUST_NAME, json.dumps(policy.model_dump(mode="json"), indent=2) + "\n")
+        except OSError as exc:
+            if isinstance(exc, PearzooError):
+                raise
+            raise write_error(exc, self.root) from exc
+        return policy
 
     def _index_or_empty(self) -> Index:
         path = self.root / INDEX_NAME
@@ -183,7 +267,7 @@ class _locked:
     def __init__(self, root: Path) -> None:
         from filelock import FileLock
 
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)  # OSError: converted by publish
         self.path = root / LOCK_NAME
         self.lock = FileLock(str(self.path), timeout=LOCK_TIMEOUT_S)
 

@@ -32,7 +32,7 @@ def test_publish_writes_manifest_by_digest_and_indexes_it(manifest_doc, tmp_path
     stored = root / FOLDER / f"{digest}.json"
     assert json.loads(stored.read_text()) == manifest_doc
     index = _index(root)
-    assert index["schema_version"] == 1 and [e["digest"] for e in index["entries"]] == [digest]
+    assert index["schema_version"] == 2 and [e["digest"] for e in index["entries"]] == [digest]
     parse_index((root / "index.json").read_bytes(), source="index.json")
 
     registry = open_registry(str(root))
