@@ -228,7 +228,7 @@ def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest, *, m
             not bind a tensor the fold would touch.
     """
     from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.manifest.recorded import recorded_recipe
     from pearzoo.shards import Checkpoint
 
     base = manifest.base
@@ -238,7 +238,7 @@ def plan_folds(directory: Path, config: dict[str, Any], manifest: Manifest, *, m
             path=str(directory),
         )
     # The manifest carries the recipe it was built with: patch uses that, not whatever the catalog has now.
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+    recipe = recorded_recipe(manifest)
     geometry = geometry_from_config(recipe.heads, config)
     g = base.geometry
     if (geometry.num_layers, geometry.num_heads, geometry.head_dim, geometry.layout) != (g.num_layers, g.num_heads, g.head_dim, g.layout):
@@ -302,7 +302,7 @@ def _patch_materialized(
 ) -> tuple[FoldPlan, Any]:
     """GGUF or pickle: load with transformers, verify in memory, save as safetensors to a stage, patch that."""
     from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.manifest.recorded import recorded_recipe
     from pearzoo.shards import digest_of, model_tensor
     from pearzoo.source import load_model
 
@@ -317,7 +317,7 @@ def _patch_materialized(
             )
         _read_config(source.path)  # refuses an already-patched pickle checkpoint before loading it
     model, tokenizer = load_model(source, dtype=manifest.base.dtype, allow_pickle=options.allow_pickle)
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+    recipe = recorded_recipe(manifest)
     geometry = geometry_from_config(recipe.heads, model.config)
     names = set(manifest.base.tensors)
     for h in manifest.heads:
