@@ -55,9 +55,6 @@ def patch(
       pearzoo patch ./my-llama --manifest my-llama.pear.json --dry-run
       pearzoo patch org/model --registry https://example.org/registry --build --json
     """
-    from pearzoo.patch.api import find_manifest, patch_model
-    from pearzoo.patch.resolve import transformers_twin
-
     ctx = click.get_current_context()
     explicit_registry = ctx.get_parameter_source("registry") is click.core.ParameterSource.COMMANDLINE
     if manifest is not None and (explicit_registry or build_missing):
@@ -66,17 +63,14 @@ def patch(
         raise click.UsageError("--set applies to --build only")
     output = Output(json_mode=json_mode, quiet=quiet)
     options = PatchOptions(model=model, manifest=manifest, registry=registry, **kw)
-    built = None
-    if build_missing and find_manifest(model, options.revision, registry) is None:
-        from pearzoo.build import BuildOptions, build_manifest
+    if build_missing:
+        from pearzoo.ensure import patch_or_build
 
-        output.info(f"no manifest in the registry fits {model}: building one")
-        built = build_manifest(
-            BuildOptions(model=transformers_twin(model) or model, revision=options.revision, overrides=list(overrides), allow_pickle=options.allow_pickle),
-            progress=output.progress,
-        )
-        output.info(f"built manifest {built.digest} ({built.recipe.id} {built.recipe.version}, {len(built.heads)} heads)")
-    result = patch_model(options, manifest=built, progress=output.progress, notify=output.warn)
+        result = patch_or_build(options, overrides=overrides, progress=output.progress, notify=output.warn, inform=output.info)
+    else:
+        from pearzoo.patch.api import patch_model
+
+        result = patch_model(options, progress=output.progress, notify=output.warn)
     heads = ", ".join(f"{h.layer}.{h.head}={h.coefficient:.4f}" for h in result.heads)
     if result.dry_run:
         human = (
