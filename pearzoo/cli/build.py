@@ -8,24 +8,31 @@ from typing import Any
 
 import click
 
+from pearzoo.cli._options import (
+    allow_pickle_option,
+    apply,
+    device_option,
+    dtype_option,
+    model_option,
+    overrides_option,
+    revision_option,
+)
 from pearzoo.cli._output import Output, json_option, quiet_option
 from pearzoo.errors import InvalidInputError
 
 
 def model_options(f: Any) -> Any:
-    options = [
-        click.option("--model", "-m", required=True, help="Local directory, .gguf file, Hub id, or built-in name (smollm2-135m-instruct)."),
+    return apply(
+        f,
+        model_option(),
         click.option("--recipe", "-r", default=None, help="Recipe file or id (e.g. rope/llama). Default: resolved from the model's config."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe setting, e.g. --set train.steps=20 (repeatable)."),
-        click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option("--device", default=None, help="Device for the whole model (cpu, cuda, cuda:1)."),
+        overrides_option(),
+        revision_option(),
+        device_option(),
         click.option("--device-map", default=None, help="accelerate device map (e.g. auto) for models larger than one device."),
-        click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype; coefficients are always float32."),
-        click.option("--allow-pickle", is_flag=True, help="Allow .bin/.pt weights (they can run code when loaded)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+        dtype_option(),
+        allow_pickle_option(),
+    )
 
 
 def _options(kw: dict[str, Any]) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pearzoo.cli._options import allow_pickle_option, overrides_option, revision_option
 from pearzoo.cli._output import Output, json_option, quiet_option
 from pearzoo.cli.registry import registry_option
 from pearzoo.patch.api import PatchOptions
@@ -18,15 +19,15 @@ def _help(field: str) -> str:
 
 @click.command()
 @click.argument("model")
-@click.option("--revision", default=None, help=_help("revision"))
+@revision_option(help=_help("revision"))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("manifest"))
 @registry_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None, help=_help("out"))
 @click.option("--dry-run", is_flag=True, help=_help("dry_run"))
-@click.option("--allow-pickle", is_flag=True, help=_help("allow_pickle"))
+@allow_pickle_option(help=_help("allow_pickle"))
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--build", "build_missing", is_flag=True, help="If no registry manifest fits MODEL's weights, build one with the recipe that covers it, then patch.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --build: override a recipe setting (repeatable).")
+@overrides_option(help="With --build: override a recipe setting (repeatable).")
 @json_option
 @quiet_option
 def patch(
