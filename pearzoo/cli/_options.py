@@ -17,7 +17,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def model_option(*, required: bool = True, help: str = "Local directory, .gguf file, Hub id, or built-in name (smollm2-135m-instruct).") -> Decorator:
-    return click.option("--model", "-m", required=required, default=None, help=help)
+    # No default at all when required: click counts an explicit default of None as a value given.
+    return click.option("--model", "-m", required=True, help=help) if required else click.option("--model", "-m", default=None, help=help)
 
 
 def revision_option(*, help: str = "Hub revision (branch, tag or commit).") -> Decorator:

@@ -33,3 +33,11 @@ def test_shared_options_have_one_name_type_and_default():
     assert set(seen) == set(SHARED)
     assert {flag: len(shapes) for flag, shapes in seen.items()} == dict.fromkeys(SHARED, 1), seen
     assert sorted(next(iter(seen["--dtype"].values()))) == ["build", "eval", "locate", "train"]
+
+
+def test_a_required_model_is_required_everywhere():
+    from click.testing import CliRunner
+
+    for command in ("build", "locate", "train", "eval"):
+        result = CliRunner().invoke(cli, [command])
+        assert result.exit_code == 2 and "Missing option '--model' / '-m'." in result.output, command
