@@ -19,7 +19,6 @@ which the report records next to the manifest's.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pearzoo import __version__
 from pearzoo.errors import InvalidInputError, NotFoundError
 from pearzoo.manifest.schema import BuildInfo, Manifest
 from pearzoo.recipe.schema import AuditTolerances
@@ -273,18 +271,17 @@ def audit_manifest(
         >>> report = audit_manifest("smollm2.pear.json")
         >>> report.passed, report.checks.coefficient_diff.value
     """
-    import torch
-    import transformers
-
     from pearzoo.binding import verify_base
     from pearzoo.build import BuildOptions, prepare, run_locate, run_train
+    from pearzoo.manifest.environment import build_environment
     from pearzoo.manifest.io import read_manifest
-    from pearzoo.recipe.load import parse_recipe, recipe_digest
+    from pearzoo.manifest.recorded import recorded_recipe
+    from pearzoo.recipe.load import recipe_digest
 
     start = time.perf_counter()
     source = str(manifest_path)
     manifest = read_manifest(manifest_path)
-    recipe = parse_recipe(manifest.recipe.settings, source=f"{source}: recipe.settings")
+    recipe = recorded_recipe(manifest, source)
     if recipe.seed != manifest.build.seed:
         raise InvalidInputError(
             f"{source}: build.seed {manifest.build.seed} differs from recipe.settings.seed {recipe.seed}",
@@ -309,16 +306,7 @@ def audit_manifest(
         {(h.layer, h.head): float(score[h.layer, h.head]) for h in ctx.geometry.all_heads()},
         recipe.audit,
     )
-    rebuild = BuildInfo(
-        pearzoo=__version__,
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        python=platform.python_version(),
-        device=str(ctx.model.get_input_embeddings().weight.device),
-        dtype=options.dtype,
-        seed=recipe.seed,
-        seconds={k: round(v, 3) for k, v in ctx.seconds.items()},
-    )
+    rebuild = build_environment(ctx.model, dtype=options.dtype, seed=recipe.seed, seconds=ctx.seconds)
     return AuditReport(
         manifest=source,
         digest=manifest.digest,

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pearzoo import __version__
 from pearzoo.binding import base_digests, base_files
 from pearzoo.errors import BudgetError, InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
-from pearzoo.manifest.io import parse_manifest, seal
-from pearzoo.manifest.schema import MANIFEST_SCHEMA_VERSION, Manifest
+from pearzoo.manifest.schema import Manifest
 from pearzoo.recipe.catalog import get_recipe, recipe_for_config
-from pearzoo.recipe.load import recipe_digest
 from pearzoo.recipe.schema import Recipe
-from pearzoo.source import ModelSource, dtype_name, load_config, load_model, resolve_model
+from pearzoo.source import ModelSource, load_config, load_model, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +191,6 @@ def require_budget(trained: Any, budget: float) -> None:
         )
 
 
-def _device_of(model: Any) -> str:
-    return str(model.get_input_embeddings().weight.device)
-
-
 def build_manifest(options: BuildOptions, progress: ProgressFactory | None = None) -> Manifest:
     """Run locate and train for a model and return a sealed manifest.
 
@@ -219,11 +211,10 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
         >>> manifest = build_manifest(BuildOptions(model="smollm2-135m-instruct"))
         >>> [str(h.layer) + "." + str(h.head) for h in manifest.heads][:3]
     """
-    import torch
-    import transformers
-
-    from pearzoo.proxy import copy_score, generator, sample_sequences
     from pearzoo.hooks import scale_heads
+    from pearzoo.manifest.assemble import assemble_manifest
+    from pearzoo.manifest.environment import build_environment
+    from pearzoo.proxy import copy_score, generator, sample_sequences
 
     start = time.perf_counter()
     ctx = prepare(options)
@@ -238,80 +229,20 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     coefficients = dict(zip(heads, trained.coefficients))
     with scale_heads(ctx.model, ctx.geometry, coefficients):
         after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
-    best = trained.best
     ctx.seconds["total"] = time.perf_counter() - start
-    score = located.score
-    delta = located.delta
-    config = ctx.model.config
-    document = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "base": {
-            "model_id": ctx.source.model_id,
-            "revision": ctx.source.revision,
-            "format": "gguf" if ctx.source.gguf_file else "safetensors",
-            "file": ctx.source.gguf_file,
-            "origin": ctx.source.origin,
-            "model_type": config.model_type,
-            "architectures": list(getattr(config, "architectures", None) or []),
-            "dtype": dtype_name(ctx.model.get_input_embeddings().weight.dtype),
-            "geometry": {
-                "num_layers": ctx.geometry.num_layers,
-                "num_heads": ctx.geometry.num_heads,
-                "head_dim": ctx.geometry.head_dim,
-                "layout": ctx.geometry.layout.value,
-            },
-            "tensors": base_digests(ctx.source, ctx.model, {ctx.geometry.tensor_name(h.layer) for h in heads}),
-            "files": base_files(ctx.source),
-        },
-        "recipe": {
-            "id": ctx.recipe.id,
-            "version": ctx.recipe.version,
-            "digest": recipe_digest(ctx.recipe),
-            "overrides": list(options.overrides),
-            "settings": ctx.recipe.model_dump(mode="json"),
-        },
-        "locate": {
-            "scope": ctx.recipe.locate.scope.value,
-            "k": ctx.recipe.locate.k,
-            "configurations": [
-                {"samples": c.samples, "length": c.length, "clean_metric": c.clean_metric} for c in located.configurations
-            ],
-        },
-        "heads": [
-            {
-                "layer": h.layer,
-                "head": h.head,
-                "score": float(score[h.layer, h.head]),
-                "delta": float(delta[h.layer, h.head]),
-                "coefficient": float(tau),
-            }
-            for h, tau in coefficients.items()
-        ],
-        "metrics": {
-            "copy_length": spec.length,
-            "copy_sequences": METRIC_SEQUENCES,
-            "copy_before": {"accuracy": before.accuracy, "loss": before.loss},
-            "copy_after": {"accuracy": after.accuracy, "loss": after.loss},
-            "perplexity_text": spec.preservation.text if trained.base_perplexity is not None else None,
-            "perplexity_before": trained.base_perplexity,
-            "perplexity_after": best.perplexity,
-            "perplexity_budget": spec.preservation.budget,
-            "best_step": trained.best_step,
-            "steps": spec.steps,
-            "history": [
-                {"step": p.step, "loss": p.loss, "accuracy": p.accuracy, "perplexity": p.perplexity, "within_budget": p.within_budget}
-                for p in trained.history
-            ],
-        },
-        "build": {
-            "pearzoo": __version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "device": _device_of(ctx.model),
-            "dtype": options.dtype,
-            "seed": ctx.recipe.seed,
-            "seconds": {k: round(v, 3) for k, v in ctx.seconds.items()},
-        },
-    }
-    return parse_manifest(seal(document), source=f"manifest built for {options.model}")  # bounds checked as every reader does
+    return assemble_manifest(
+        source=ctx.source,
+        model=ctx.model,
+        geometry=ctx.geometry,
+        recipe=ctx.recipe,
+        overrides=options.overrides,
+        located=located,
+        trained=trained,
+        tensors=base_digests(ctx.source, ctx.model, {ctx.geometry.tensor_name(h.layer) for h in heads}),
+        files=base_files(ctx.source),
+        label=options.model,
+        copy_before=before,
+        copy_after=after,
+        copy_sequences=METRIC_SEQUENCES,
+        environment=build_environment(ctx.model, dtype=options.dtype, seed=ctx.recipe.seed, seconds=ctx.seconds),
+    )

@@ -244,11 +244,10 @@ def run_eval(
     if manifest is not None:
         from pathlib import Path
 
-        from pearzoo.recipe.load import parse_recipe
+        from pearzoo.manifest.recorded import recorded_recipe
 
         # The manifest carries the exact recipe it was built with; evaluate under the same proxy settings.
-        source = f"{manifest_path}: recipe.settings"
-        ctx = prepare(options, (parse_recipe(manifest.recipe.settings, source=source), Path(manifest_path)))
+        ctx = prepare(options, (recorded_recipe(manifest, manifest_path), Path(manifest_path)))
         verify_base(manifest.base.tensors, base_digests(ctx.source, ctx.model, manifest.base.tensors), model_ref)
     else:
         ctx = prepare(options)

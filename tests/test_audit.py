@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from cli_run import FAST_BUILD
+from _tolerances import FLOAT64_EXACT
 from pearzoo.audit import AuditReport, audit_manifest, average_ranks, compare, default_model, spearman
 from pearzoo.errors import IntegrityError, InvalidInputError
 from pearzoo.manifest.io import seal
@@ -84,7 +85,7 @@ def test_tolerances_come_from_the_recorded_recipe(built, stories260k_dir, tmp_pa
     report = audit_manifest(path, str(stories260k_dir))
     assert report.passed
     assert report.checks.coefficient_diff.tolerance == 0.2
-    assert 0.1 <= report.checks.coefficient_diff.value < 0.1 + 1e-12
+    assert 0.1 <= report.checks.coefficient_diff.value < 0.1 + FLOAT64_EXACT
 
 
 @pytest.mark.parametrize(
@@ -180,7 +181,7 @@ def test_spearman(a, b, rho, note):
     if rho is None:
         assert got is None
     else:
-        assert got == pytest.approx(rho, abs=1e-12)
+        assert got == pytest.approx(rho, abs=FLOAT64_EXACT)
 
 
 def test_compare_a_different_head_set():

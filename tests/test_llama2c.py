@@ -19,6 +19,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from _tolerances import LLAMA2C_LOGITS_FP32
 from pearzoo.errors import InvalidInputError
 from llama2c import Llama2cHeader, convert_llama2c, read_llama2c_header
 
@@ -36,7 +37,6 @@ SAMPLE_IDS = [
     315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426,
 ]  # fmt: skip
 SAMPLE_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
-LOGITS_ATOL = 1e-4
 SENTENCES = [
     "Once upon a time, there was a little girl named Lily.",
     "Tim and his mom went to the park. They saw a big, red ball!",
@@ -258,7 +258,7 @@ def test_logits_match_reference_forward(model: torch.nn.Module) -> None:
     assert reference[:-1].argmax(axis=-1).tolist() == SAMPLE_IDS
     with torch.no_grad():
         logits = model(torch.tensor([tokens])).logits[0].double().numpy()
-    assert np.abs(logits - reference).max() < LOGITS_ATOL
+    assert np.abs(logits - reference).max() < LLAMA2C_LOGITS_FP32
 
 
 def test_untied_classifier_is_written_and_used(tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ def test_untied_classifier_is_written_and_used(tmp_path: Path) -> None:
     tokens = [1, *SAMPLE_IDS]
     with torch.no_grad():
         logits = model(torch.tensor([tokens])).logits[0].double().numpy()
-    assert np.abs(logits - _reference_logits(tokens, untied)).max() < LOGITS_ATOL
+    assert np.abs(logits - _reference_logits(tokens, untied)).max() < LLAMA2C_LOGITS_FP32
 
 
 # --- tokenizer -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pearzoo.locate import locate_heads
 from pearzoo.locate.prescreen import attribution
 from pearzoo.proxy import generator, sample_sequences
 from pearzoo.recipe.schema import LocateConfiguration, LocateSpec, Scope
-from _tolerances import LOCATE_RELATIVE
+from _tolerances import LOCATE_ABS_FLOOR, LOCATE_RELATIVE, PRESCREEN_SLOPE_FLOOR, PRESCREEN_SLOPE_RELATIVE, RESCORED_FP32, SCOPES_DIFFER
 from test_locate import _tiny
 
 # Finite-difference step, as a fraction of the way from x to the mean. The tiny models compute their norms in
@@ -74,9 +74,9 @@ def test_attribution_is_the_derivative_of_the_ablation(model_type, variant, scop
     assert estimate.shape == (geometry.num_layers, geometry.num_heads)
     other = attribution_of(loc, seqs, p, clean, Scope.path if scope is Scope.total else Scope.total)
     # The scopes must be told apart: below the top layer they take different paths.
-    assert (estimate[:-1] - other[:-1]).abs().max() > 1e-2 * (estimate - pi).abs().max()
+    assert (estimate[:-1] - other[:-1]).abs().max() > SCOPES_DIFFER * (estimate - pi).abs().max()
     # float32 rounding in the reference (see EPS) is absolute: judge small slopes against the largest one.
-    floor = 1e-4 * (estimate - pi).abs().max().item()
+    floor = PRESCREEN_SLOPE_FLOOR * (estimate - pi).abs().max().item()
     with torch.no_grad():
         for layer in range(geometry.num_layers):
             for head in range(geometry.num_heads):
@@ -84,7 +84,7 @@ def test_attribution_is_the_derivative_of_the_ablation(model_type, variant, scop
                 up = _partial_ablation(model, geometry, seqs, p, (layer, head), scope, EPS)
                 down = _partial_ablation(model, geometry, seqs, p, (layer, head), scope, -EPS)
                 slope = (up - down) / (2 * EPS)
-                assert estimate[layer, head].item() - pi == pytest.approx(slope, rel=1e-3, abs=floor), (layer, head)
+                assert estimate[layer, head].item() - pi == pytest.approx(slope, rel=PRESCREEN_SLOPE_RELATIVE, abs=floor), (layer, head)
 
 
 def test_attribution_leaves_no_grad_and_no_hooks():
@@ -110,11 +110,11 @@ def test_candidates_are_scored_exactly_and_hold_the_top_k(scope):
     assert len(screened.exact) == m
     assert set(screened.selected) <= set(screened.exact)
     for h in screened.exact:
-        assert screened.score[h.layer, h.head].item() == pytest.approx(full.score[h.layer, h.head].item(), rel=LOCATE_RELATIVE, abs=1e-9)
+        assert screened.score[h.layer, h.head].item() == pytest.approx(full.score[h.layer, h.head].item(), rel=LOCATE_RELATIVE, abs=LOCATE_ABS_FLOOR)
     # With every head a candidate the pre-screen changes nothing.
     everything = locate_heads(model, geometry, spec, space, seed=0, candidates=geometry.num_layers * geometry.num_heads)
     assert everything.selected == full.selected
-    assert torch.allclose(everything.score, full.score, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(everything.score, full.score, **RESCORED_FP32)
 
 
 def test_candidates_outside_k_and_head_count_are_refused():

@@ -104,10 +104,7 @@ def test_batched_scoring_equals_unbatched_and_greedy_decoding(gpt2_learned):
         assert all(torch.equal(a, b) for a, b in zip(batched, single)), pos
         hits[pos] = [torch.equal(p, torch.tensor(e.ids[e.start :])) for p, e in zip(batched, encoded)]
     assert score_contexts(model, cases["first"], pad_id=pad_id(tok)) == hits["first"]
-    # Measured (CPU, float32, the 8x384 gpt2-learned of zoo run 3): context 3 of the first 16 is
-    # retrieved, none in the middle or last.
-    assert [j for j, hit in enumerate(hits["first"]) if hit] == [3]
-    assert sum(hits["middle"]) == sum(hits["last"]) == 0
+    # Which contexts this model retrieves is a property of its weights: bench/zoo_pins.py checks it.
 
     # Teacher-forced argmax is what greedy decoding emits, up to and including the first wrong token.
     for enc in cases["first"][1:6:2] + cases["middle"][:1]:

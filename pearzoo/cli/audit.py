@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pearzoo.cli._options import device_option, model_option, revision_option
 from pearzoo.cli._output import Output, json_option, quiet_option
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def _human(r: AuditReport) -> str:
 
 @click.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "-m", default=None, help="The base to rebuild on. Default: the manifest's base (built-in name, or Hub id at the recorded revision); required for local bases.")
-@click.option("--revision", default=None, help="Hub revision of --model.")
-@click.option("--device", default=None, help="Device for the rebuild (cpu, cuda). The dtype is the manifest's.")
+@model_option(required=False, help="The base to rebuild on. Default: the manifest's base (built-in name, or Hub id at the recorded revision); required for local bases.")
+@revision_option(help="Hub revision of --model.")
+@device_option(help="Device for the rebuild (cpu, cuda). The dtype is the manifest's.")
 @json_option
 @quiet_option
 def audit(manifest: Path, model: str | None, revision: str | None, device: str | None, json_mode: bool, quiet: bool) -> None:

@@ -8,24 +8,31 @@ from typing import Any
 
 import click
 
+from pearzoo.cli._options import (
+    allow_pickle_option,
+    apply,
+    device_option,
+    dtype_option,
+    model_option,
+    overrides_option,
+    revision_option,
+)
 from pearzoo.cli._output import Output, json_option, quiet_option
 from pearzoo.errors import InvalidInputError
 
 
 def model_options(f: Any) -> Any:
-    options = [
-        click.option("--model", "-m", required=True, help="Local directory, .gguf file, Hub id, or built-in name (smollm2-135m-instruct)."),
+    return apply(
+        f,
+        model_option(),
         click.option("--recipe", "-r", default=None, help="Recipe file or id (e.g. rope/llama). Default: resolved from the model's config."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe setting, e.g. --set train.steps=20 (repeatable)."),
-        click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option("--device", default=None, help="Device for the whole model (cpu, cuda, cuda:1)."),
+        overrides_option(),
+        revision_option(),
+        device_option(),
         click.option("--device-map", default=None, help="accelerate device map (e.g. auto) for models larger than one device."),
-        click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype; coefficients are always float32."),
-        click.option("--allow-pickle", is_flag=True, help="Allow .bin/.pt weights (they can run code when loaded)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+        dtype_option(),
+        allow_pickle_option(),
+    )
 
 
 def _options(kw: dict[str, Any]) -> Any:
@@ -100,36 +107,16 @@ def locate(json_mode: bool, quiet: bool, candidates: int | None, **kw: Any) -> N
       pearzoo locate -m ./model --candidates 48      # attribution pre-screen, 48 heads scored exactly
     """
     from pearzoo.build import prepare, run_locate
+    from pearzoo.locate.report import LocateReport
 
     output = Output(json_mode=json_mode, quiet=quiet)
     ctx = prepare(_options(kw))
     result = run_locate(ctx, output.progress, candidates=candidates)
-    score, delta = result.score, result.delta
-    data = {
-        "model": ctx.source.model_id,
-        "recipe": {"id": ctx.recipe.id, "version": ctx.recipe.version},
-        "scope": result.scope.value,
-        "k": result.k,
-        "seconds": round(result.seconds, 3),
-        "configurations": [{"samples": c.samples, "length": c.length, "clean_metric": c.clean_metric} for c in result.configurations],
-        "selected": [str(h) for h in result.selected],
-        # null: every head scored exactly; else the pre-screened heads scored exactly (the rest are estimates).
-        "candidates": None if result.exact is None else [str(h) for h in result.exact],
-        "heads": [
-            {
-                "layer": h.layer,
-                "head": h.head,
-                "score": float(score[h.layer, h.head]),
-                "delta": float(delta[h.layer, h.head]),
-                "exact": result.exact is None or h in result.exact,
-            }
-            for h in result.ranking
-        ],
-    }
+    report = LocateReport.from_result(result, ctx.source.model_id, ctx.recipe)
     lines = [f"{'rank':>4}  {'head':>6}  {'score':>9}  {'delta':>9}"]
-    for rank, h in enumerate(result.ranking[: result.k], 1):
-        lines.append(f"{rank:>4}  {str(h):>6}  {score[h.layer, h.head].item():>9.4f}  {delta[h.layer, h.head].item():>9.4f}")
-    output.result(data, "\n".join(lines))
+    for rank, h in enumerate(report.heads[: report.k], 1):
+        lines.append(f"{rank:>4}  {f'{h.layer}.{h.head}':>6}  {h.score:>9.4f}  {h.delta:>9.4f}")
+    output.result(report, "\n".join(lines))
 
 
 def _parse_heads(heads: str | None, locate_json: Path | None) -> list[Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pearzoo.cli._options import allow_pickle_option, overrides_option, revision_option
 from pearzoo.cli._output import Output, json_option, quiet_option
 from pearzoo.cli.registry import registry_option
 from pearzoo.patch.api import PatchOptions
@@ -18,18 +19,18 @@ def _help(field: str) -> str:
 
 @click.command()
 @click.argument("model")
-@click.option("--revision", default=None, help=_help("revision"))
+@revision_option(help=_help("revision"))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("manifest"))
 @registry_option
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None, help=_help("out"))
 @click.option("--dry-run", is_flag=True, help=_help("dry_run"))
-@click.option("--allow-pickle", is_flag=True, help=_help("allow_pickle"))
+@allow_pickle_option(help=_help("allow_pickle"))
 @click.option("--force", is_flag=True, help=_help("force"))
 @click.option("--public-key", "public_keys", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help=_help("public_keys"))
 @click.option("--require-signature/--no-require-signature", default=None, help=_help("require_signature"))
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("sign_key"))
 @click.option("--build", "build_missing", is_flag=True, help="If no registry manifest fits MODEL's weights, build one with the recipe that covers it, then patch.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --build: override a recipe setting (repeatable).")
+@overrides_option(help="With --build: override a recipe setting (repeatable).")
 @json_option
 @quiet_option
 def patch(
@@ -58,9 +59,6 @@ def patch(
       pearzoo patch ./my-llama --manifest my-llama.pear.json --dry-run
       pearzoo patch org/model --registry https://example.org/registry --build --json
     """
-    from pearzoo.patch.api import find_manifest, patch_model
-    from pearzoo.patch.resolve import transformers_twin
-
     ctx = click.get_current_context()
     explicit_registry = ctx.get_parameter_source("registry") is click.core.ParameterSource.COMMANDLINE
     if manifest is not None and (explicit_registry or build_missing):
@@ -70,17 +68,14 @@ def patch(
     output = Output(json_mode=json_mode, quiet=quiet)
     kw["public_keys"] = list(kw["public_keys"])
     options = PatchOptions(model=model, manifest=manifest, registry=registry, **kw)
-    built = None
-    if build_missing and find_manifest(model, options.revision, registry) is None:
-        from pearzoo.build import BuildOptions, build_manifest
+    if build_missing:
+        from pearzoo.ensure import patch_or_build
 
-        output.info(f"no manifest in the registry fits {model}: building one")
-        built = build_manifest(
-            BuildOptions(model=transformers_twin(model) or model, revision=options.revision, overrides=list(overrides), allow_pickle=options.allow_pickle),
-            progress=output.progress,
-        )
-        output.info(f"built manifest {built.digest} ({built.recipe.id} {built.recipe.version}, {len(built.heads)} heads)")
-    result = patch_model(options, manifest=built, progress=output.progress, notify=output.warn)
+        result = patch_or_build(options, overrides=overrides, progress=output.progress, notify=output.warn, inform=output.info)
+    else:
+        from pearzoo.patch.api import patch_model
+
+        result = patch_model(options, progress=output.progress, notify=output.warn)
     heads = ", ".join(f"{h.layer}.{h.head}={h.coefficient:.4f}" for h in result.heads)
     if result.dry_run:
         human = (

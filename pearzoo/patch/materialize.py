@@ -60,7 +60,7 @@ def patch_materialized(
 ) -> tuple[FoldPlan, WriteReport | None]:
     """GGUF or pickle: verify the files, load with transformers, verify in memory, stage as safetensors, patch that."""
     from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.manifest.recorded import recorded_recipe
     from pearzoo.shards import digest_of, model_tensor
     from pearzoo.source import load_model
 
@@ -76,7 +76,7 @@ def patch_materialized(
         read_config(source.path)  # refuses an already-patched pickle checkpoint before loading it
     verify_source_files(source, manifest)
     model, tokenizer = load_model(source, dtype=manifest.base.dtype, allow_pickle=allow_pickle)
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+    recipe = recorded_recipe(manifest)
     geometry = geometry_from_config(recipe.heads, model.config)
     names = set(manifest.base.tensors)
     for h in manifest.heads:

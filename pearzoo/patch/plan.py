@@ -122,7 +122,7 @@ def plan_folds(
             or the manifest does not bind a tensor the fold would touch.
         UnsafeInputError: a shard name from the index that leaves the model folder.
     """
-    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.manifest.recorded import recorded_recipe
     from pearzoo.shards import Checkpoint
 
     base = manifest.base
@@ -133,7 +133,7 @@ def plan_folds(
             path=str(directory),
         )
     # The manifest carries the recipe it was built with: patch uses that, not whatever the catalog has now.
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+    recipe = recorded_recipe(manifest)
     geometry = geometry_of(recipe, config, directory / "config.json")
     g = base.geometry
     if (geometry.num_layers, geometry.num_heads, geometry.head_dim, geometry.layout) != (g.num_layers, g.num_heads, g.head_dim, g.layout):

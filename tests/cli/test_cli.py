@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
+from _tolerances import LOCATE_ABS_FLOOR, LOCATE_RELATIVE
 from pearzoo import __version__
 from cli_run import FAST_BUILD, run_cli
 from pearzoo.cli import cli
@@ -149,7 +150,7 @@ def test_locate_with_prescreen_scores_the_candidates_exactly(stories260k_dir, ca
     flagged = [h for h in screened["heads"] if h["exact"]]
     assert [f"{h['layer']}.{h['head']}" for h in flagged] == [f"{h['layer']}.{h['head']}" for h in screened["heads"][:6]]
     for h in flagged:
-        assert h["score"] == pytest.approx(exact[f"{h['layer']}.{h['head']}"], rel=1e-4, abs=1e-9)
+        assert h["score"] == pytest.approx(exact[f"{h['layer']}.{h['head']}"], rel=LOCATE_RELATIVE, abs=LOCATE_ABS_FLOOR)
     code, _, err = run_cli([*args, "--candidates", "1"], capsys)
     assert code == 3 and err == "error: candidates: 1 is outside [K=2, 40 heads]\n"
 
