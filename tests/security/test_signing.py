@@ -100,6 +100,9 @@ def test_verify_refuses_another_key_an_unsigned_file_and_changed_bytes(signed_re
     assert code == 5
     assert_one_error(err, f"{garbage}: signature does not verify: ")
 
+    code, _, err = run_cli(["verify", str(stored), "--signature", str(garbage)], capsys)
+    assert code == 2 and "--signature needs --public-key" in err
+
     not_a_key = tmp_path / "nokey.pub"
     not_a_key.write_text("hello")
     code, _, err = run_cli(["verify", str(stored), "--public-key", str(not_a_key)], capsys)
