@@ -3,7 +3,6 @@ is unchanged or holds the complete entry, its index is valid, and errors are one
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from cli_run import assert_one_error, run_cli
-from pearzoo.registry.base import manifest_relpath, parse_index, signature_relpath
+from pearzoo.registry.base import parse_index
 from pearzoo.registry.local import LocalRegistry
 from signing_keys import make_key_pair
-from tiny_checkpoints import make_manifest, tree_state, write_json
+from tiny_checkpoints import make_manifest, write_json
 
 MODEL = "pearzoo-test/tiny-llama"
 ROOT = Path(__file__).resolve().parents[2]
