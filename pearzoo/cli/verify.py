@@ -29,6 +29,9 @@ def verify(manifest: Path, public_keys: tuple[Path, ...], signature: Path | None
     from pearzoo.manifest.io import check_published_schema, parse_manifest
     from pearzoo.signing import verify_manifest_file
 
+    if signature is not None and not public_keys:
+        raise click.UsageError("--signature needs --public-key (the key to check it with)")
+
     document, signed_by = verify_manifest_file(manifest, public_keys, signature)
     # The published JSON Schema first: it is what third-party tools check, so its message is theirs too.
     check_published_schema(document, source=str(manifest))

@@ -12,7 +12,7 @@ from pearzoo.digest import document_digest
 from pearzoo.errors import InvalidInputError
 from pearzoo.manifest.io import parse_manifest, seal
 from pearzoo.recipe.schema import TauRange
-from tiny_checkpoints import make_manifest, write_json
+from tiny_checkpoints import write_json
 
 
 def _with_tau(document: dict, tau: float, tau_range: dict | None = None) -> dict:

@@ -179,3 +179,20 @@ def test_concurrent_publishers_all_land(tiny_dir, tmp_path):
     assert len({e.digest for e in index.entries}) == 16
     for d in docs:
         assert LocalRegistry(root).get(MODEL, d["digest"]).digest == d["digest"]
+
+
+def test_publishing_into_a_version_1_index_keeps_its_entries_and_writes_version_2(manifest_doc, tiny_dir, tmp_path):
+    root = tmp_path / "reg"
+    LocalRegistry(root).publish(write_json(make_manifest(tiny_dir, {(1, 0): 0.8}), tmp_path / "old.json"))
+    index = _index(root)
+    for entry in index["entries"]:
+        del entry["signature"]
+    index["schema_version"] = 1
+    (root / "index.json").write_text(json.dumps(index))  # as a pearzoo before signatures wrote it
+    old_entries = LocalRegistry(root).index().entries
+    assert LocalRegistry(root).index().schema_version == 1
+    LocalRegistry(root).publish(write_json(manifest_doc, tmp_path / "m.json"))
+    upgraded = _index(root)
+    assert upgraded["schema_version"] == 2 and len(upgraded["entries"]) == 2
+    assert LocalRegistry(root).index().entries[0] == old_entries[0]
+    assert [e["signature"] for e in upgraded["entries"]] == [None, None]

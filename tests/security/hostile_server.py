@@ -37,16 +37,26 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 @contextlib.contextmanager
-def hostile(routes: dict[str, Behaviour]) -> Iterator[tuple[str, list[str]]]:
-    """Serve `routes` (path -> behaviour(wfile, stop_event); `*` for any path); yields (base URL, hit paths)."""
+def hostile(routes: dict[str, Behaviour], *, tls: tuple[Any, Any] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Serve `routes` (path -> behaviour(wfile, stop_event); `*` for any path); yields (base URL, hit paths).
+
+    `tls=(cert_file, key_file)` serves HTTPS instead."""
     server = _Server(("127.0.0.1", 0), _Handler)
+    scheme = "http"
+    if tls is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     server.routes = routes  # type: ignore[attr-defined]
     server.hits = []  # type: ignore[attr-defined]
     server.stop = threading.Event()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", server.hits  # type: ignore[attr-defined]
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/", server.hits  # type: ignore[attr-defined]
     finally:
         server.stop.set()  # type: ignore[attr-defined]
         server.shutdown()
@@ -100,6 +110,33 @@ def stall() -> Behaviour:
         stop.wait(30)
 
     return send
+
+
+def self_signed_cert(directory: Any) -> tuple[Any, Any]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, made now; the client trusts it via SSL_CERT_FILE."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_file, key_file
 
 
 def elapsed(fn: Callable[[], Any]) -> tuple[Any, float]:

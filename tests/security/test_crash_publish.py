@@ -3,7 +3,6 @@ is unchanged or holds the complete entry, its index is valid, and errors are one
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from cli_run import assert_one_error, run_cli
-from pearzoo.registry.base import manifest_relpath, parse_index, signature_relpath
+from pearzoo.registry.base import parse_index
 from pearzoo.registry.local import LocalRegistry
 from signing_keys import make_key_pair
-from tiny_checkpoints import make_manifest, tree_state, write_json
+from tiny_checkpoints import make_manifest, write_json
 
 MODEL = "pearzoo-test/tiny-llama"
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +97,32 @@ def test_kill_9_at_random_points_of_publish_leaves_the_registry_unchanged_or_com
     # Both halves of the claim were exercised: some publishes died with the registry unchanged.
     print("publish kill outcomes:", outcomes)
     assert any(code == -signal.SIGKILL for code, _ in outcomes), outcomes
+
+
+@pytest.mark.parametrize("appears", ["json", "sig"])
+def test_kill_9_the_moment_a_publish_writes_the_manifest_or_its_signature(appears, tiny_dir, tmp_path):
+    """Kill points inside the writes themselves: poll for the file and SIGKILL as soon as it exists."""
+    from pearzoo.registry.base import manifest_relpath, signature_relpath
+
+    key, _, _ = make_key_pair(tmp_path / "keys", "k")
+    registry = tmp_path / "reg"
+    LocalRegistry(registry).publish(write_json(make_manifest(tiny_dir, {(1, 0): 0.8}), tmp_path / "first.json"))
+    doc = make_manifest(tiny_dir)
+    manifest = write_json(doc, tmp_path / "m.json")
+    before = [e.digest for e in LocalRegistry(registry).index().entries]
+    watched = registry / (manifest_relpath if appears == "json" else signature_relpath)(MODEL, doc["digest"])
+    proc = subprocess.Popen(_publish_cmd(manifest, registry, key), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not watched.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    outcome = _check_consistent(registry, before, doc["digest"], signed=False)
+    print(f"killed after {watched.name} appeared: exit {proc.returncode}, registry {outcome}")
+    if outcome == "unchanged":
+        again = subprocess.run(_publish_cmd(manifest, registry, key), env=_env(), capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+    assert _check_consistent(registry, before, doc["digest"], signed=True) == "complete"
 
 
 def test_publish_into_a_path_it_cannot_create_is_exit_6(manifest_doc, tmp_path, capsys):

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from cli_run import assert_one_error, run_cli
-from hostile_server import body, drip, elapsed, hostile, huge, raw, stall
+from hostile_server import body, drip, elapsed, hostile, huge, raw, self_signed_cert, stall
 from pearzoo.manifest.io import parse_manifest, seal
 from pearzoo.registry.base import Index, entry_for, manifest_relpath, render_index
 
@@ -163,3 +163,20 @@ def test_the_deadline_covers_the_whole_request_not_each_read(capsys):
         assert "within 1 s" in str(info.value)
         _, seconds = elapsed(lambda: pytest.raises(OfflineError, HttpRegistry(url, deadline=1.0).index))
     assert 0.9 < seconds < 3.0
+
+
+def test_https_gets_the_same_deadline_and_checks_certificates(tmp_path, monkeypatch, capsys):
+    cert, key = self_signed_cert(tmp_path)
+    index = _index(_entry())
+    with hostile({"/index.json": body(index)}, tls=(cert, key)) as (url, _):
+        # not trusted: a certificate error, one line, exit 6
+        code, _, err = run_cli(["list", "--registry", url], capsys)
+        assert code == 6
+        assert_one_error(err, f"registry {url} cannot be reached: [SSL: CERTIFICATE_VERIFY_FAILED]")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        code, stdout, err = run_cli(["list", "--registry", url], capsys)
+        assert (code, err) == (0, "") and stdout.splitlines()[1].startswith(MODEL)
+    with hostile({"/index.json": drip(HEADER)}, tls=(cert, key)) as (url, _):
+        (code, _, err), seconds = elapsed(lambda: run_cli(["list", "--registry", url], capsys))
+    assert code == 6 and 1.4 < seconds < BOUND
+    assert_one_error(err, f"registry {url} did not deliver {url}index.json within 1.5 s")

@@ -100,6 +100,9 @@ def test_verify_refuses_another_key_an_unsigned_file_and_changed_bytes(signed_re
     assert code == 5
     assert_one_error(err, f"{garbage}: signature does not verify: ")
 
+    code, _, err = run_cli(["verify", str(stored), "--signature", str(garbage)], capsys)
+    assert code == 2 and "--signature needs --public-key" in err
+
     not_a_key = tmp_path / "nokey.pub"
     not_a_key.write_text("hello")
     code, _, err = run_cli(["verify", str(stored), "--public-key", str(not_a_key)], capsys)
@@ -226,3 +229,14 @@ def test_a_registry_trust_policy_requires_its_keys_by_default(served, tiny_dir, 
     code, _, err = patch(str(unsigned_root))
     assert code == 3
     assert_one_error(err, f"{unsigned_root / 'trust.json'}: keys.0.public_key: not a PEM public key")
+
+
+def test_a_manifest_built_in_this_run_is_refused_when_a_signature_is_required(manifest_doc, keys):
+    from pearzoo.errors import IntegrityError
+    from pearzoo.manifest.io import parse_manifest
+    from pearzoo.trust import check_manifest_signature
+
+    manifest = parse_manifest(manifest_doc, source="m")
+    assert check_manifest_signature(manifest, origin="memory") is None  # nothing required, nothing checked
+    with pytest.raises(IntegrityError, match=f"^manifest {manifest.digest[:12]} was built in this run and is not signed"):
+        check_manifest_signature(manifest, origin="memory", public_keys=[keys["a"][1]])
