@@ -5,15 +5,16 @@
     python bench/build_split.py --model zoo/models/llama-rope --device cpu --set train.steps=4   # CPU + disk
 
 For each model: a build with the whole model on `--device`, then one with `device_map="auto"` and `max_memory`
-giving the first device `--fraction` of the weights' bytes (the rest goes to the CPU, or on a CPU-only run to
-disk under a temp dir). accelerate keeps the overflow layers' weights off the device and moves them in around
-each call (the layers still execute on the device: that is what a split across one GPU and the CPU is). The two
+giving the first device `--fraction` of the weights' bytes; the rest goes to the CPU, or on a CPU-only run to
+disk under a temp dir. accelerate keeps the overflow layers' weights off the device and moves them in around
+each call (the layers still execute on the device: that is what a split across one GPU and the CPU is). With
+`--spread` (several GPUs), accelerate's balanced map over all GPUs instead, nothing offloaded. The two
 manifests' heads, scores and coefficients are compared with `pearzoo.audit.compare` under the recipe's audit
 tolerances, and exactly (largest differences). Then the split model runs the runtime hooks (`scale_heads`, the
-built coefficients) over a prefill and a few greedy decode steps with the KV cache, against the single-device model
-under the same hooks. Reported: seconds and peak memory per build (`torch.cuda.max_memory_allocated`, reset per
-build; the process's peak RSS, a lifetime maximum), the device map (modules per device) and every comparison.
-Prints one JSON report (and writes it to `--out`).
+built coefficients) over a prefill and a few greedy decode steps with the KV cache, against the single-device
+model under the same hooks. Reported: seconds and peak memory per build (`torch.cuda.max_memory_allocated`,
+reset per build; the process's peak RSS, a lifetime maximum), the device map (modules per device) and every
+comparison. Prints one JSON report (and writes it to `--out`).
 
 `--shape` writes a random-weights model (transformers' seeded init) and the zoo tokenizer (8192 ids, for the
 perplexity budget) to a temp dir first.
@@ -63,7 +64,8 @@ def timed_build(options, cuda: bool) -> tuple[object, dict]:
 
     if cuda:
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
         torch.cuda.synchronize()
     start = time.perf_counter()
     manifest = build_manifest(options)
@@ -71,7 +73,7 @@ def timed_build(options, cuda: bool) -> tuple[object, dict]:
         torch.cuda.synchronize()
     info = {"seconds": round(time.perf_counter() - start, 2), "stages": manifest.build.seconds, "peak_rss_gib": peak_rss_gib()}
     if cuda:
-        info["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        info["peak_gpu_gib"] = [round(torch.cuda.max_memory_allocated(i) / 2**30, 3) for i in range(torch.cuda.device_count())]
     return manifest, info
 
 
@@ -134,14 +136,18 @@ def run_model(model_dir: Path, args: argparse.Namespace, work: Path) -> dict:
     first = 0 if cuda else "cpu"
     rest = "cpu" if cuda else "disk"
     max_memory = {first: int(size * args.fraction), rest: "200GiB"}
+    device_map = "auto"
+    if args.spread:  # several GPUs: accelerate's balanced map over all of them, nothing offloaded
+        max_memory, device_map = None, "balanced"
     offload = str(work / "offload")
     common = {"model": str(model_dir), "overrides": list(args.set), "dtype": args.dtype}
-    split_opts = BuildOptions(**common, device_map="auto", max_memory=max_memory, offload_folder=offload)
-    report: dict = {"model": str(model_dir), "weights_bytes": size, "max_memory": {str(k): v for k, v in max_memory.items()}}
+    split_opts = BuildOptions(**common, device_map=device_map, max_memory=max_memory, offload_folder=offload)
+    report: dict = {"model": str(model_dir), "weights_bytes": size, "device_map_request": device_map,
+                    "max_memory": {str(k): v for k, v in max_memory.items()} if max_memory else None}
 
     # The device map the split build gets (same call as the build's), to show that it is split.
     source = resolve_model(str(model_dir))
-    model, _ = load_model(source, dtype=args.dtype, device_map="auto", max_memory=max_memory, offload_folder=offload)
+    model, _ = load_model(source, dtype=args.dtype, device_map=device_map, max_memory=max_memory, offload_folder=offload)
     counts = collections.Counter(str(d) for d in model.hf_device_map.values())
     report["device_map_modules"] = dict(counts)
     report["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
@@ -159,7 +165,7 @@ def run_model(model_dir: Path, args: argparse.Namespace, work: Path) -> dict:
     whole, _ = load_model(source, dtype=args.dtype, device=args.device)
     ref_logits, ref_tokens = hooked_generation(whole, single, ids, args.decode_steps)
     del whole
-    parted, _ = load_model(source, dtype=args.dtype, device_map="auto", max_memory=max_memory, offload_folder=offload)
+    parted, _ = load_model(source, dtype=args.dtype, device_map=device_map, max_memory=max_memory, offload_folder=offload)
     logits, tokens = hooked_generation(parted, single, ids, args.decode_steps)
     del parted
     report["hooked_inference"] = {
@@ -182,6 +188,7 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.5, help="Share of the weights' bytes the first device may hold.")
     ap.add_argument("--set", action="append", default=[], help="Recipe override for both builds (repeatable).")
     ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--spread", action="store_true", help="Several GPUs: device_map=balanced over all, no max_memory.")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -207,6 +214,8 @@ def main() -> None:
         for directory in dirs:
             entry = run_model(directory, args, work)
             report["models"].append(entry)
+            if args.out:  # each model's result survives a later one's failure or timeout
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
             c, s, p = entry["comparison"], entry["single"], entry["split"]
             print(f"{directory.name}: map {entry['device_map_modules']}; single {s['seconds']} s, split {p['seconds']} s; "
                   f"audit {'pass' if c['passed'] else 'FAIL'} (max |score diff| {c['max_abs_score_diff']:.2e}, "
