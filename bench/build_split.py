@@ -151,9 +151,10 @@ def run_model(model_dir: Path, args: argparse.Namespace, work: Path) -> dict:
     counts = collections.Counter(str(d) for d in model.hf_device_map.values())
     report["device_map_modules"] = dict(counts)
     report["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
-    if len(counts) < 2:
-        raise SystemExit(f"{model_dir}: max_memory {max_memory} did not split the model: {dict(counts)}")
     del model
+    if len(counts) < 2:
+        report["error"] = f"max_memory {max_memory} did not split the model: {dict(counts)}"
+        return report
 
     single, report["single"] = timed_build(BuildOptions(**common, device=args.device), cuda)
     split, report["split"] = timed_build(split_opts, cuda)
@@ -216,6 +217,9 @@ def main() -> None:
             report["models"].append(entry)
             if args.out:  # each model's result survives a later one's failure or timeout
                 args.out.write_text(json.dumps(report, indent=2) + "\n")
+            if "error" in entry:
+                print(f"{directory.name}: {entry['error']}", file=sys.stderr, flush=True)
+                continue
             c, s, p = entry["comparison"], entry["single"], entry["split"]
             print(f"{directory.name}: map {entry['device_map_modules']}; single {s['seconds']} s, split {p['seconds']} s; "
                   f"audit {'pass' if c['passed'] else 'FAIL'} (max |score diff| {c['max_abs_score_diff']:.2e}, "
