@@ -4,9 +4,12 @@
     python bench/inference.py --model smollm2-135m-instruct      # the built-in GGUF (30 layers, 135M), a few minutes
     python bench/inference.py --device cuda --dtype bfloat16 --batch 16 --prompt-len 512 --new-tokens 128
     python bench/inference.py --model DIR --manifest m.pear.json  # an existing manifest instead of a quick build
+    python bench/inference.py --shape llama-7b --device cuda --dtype bfloat16   # random Llama-2-7B weights (bench/shapes.py)
 
 Without `--manifest`, a quick manifest is built with pearzoo's build API (the model's recipe, small locate
-and training settings, `--k` heads). `patch_model` writes the patched copy to a temp directory. Timed: the
+and training settings, `--k` heads; on CUDA on the GPU in `--dtype`, else on the CPU in float32). `--shape`
+first writes a random-weights checkpoint of that shape to the temp directory. `patch_model` writes the
+patched copy to a temp directory. Timed: the
 original model, the patched copy (plain `from_pretrained`), the original under `pearzoo.hooks.scale_heads`
 with the manifest's coefficients (hooks installed outside the timed region), and the original once more
 ("again", an A/A control: what no difference looks like on this machine, in this run). Two workloads:
@@ -43,6 +46,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import SHAPES, write_random_model  # noqa: E402  (bench/shapes.py)
+
 # "again" is the original model timed a second time in each round: an A/A control whose ratio to "original"
 # shows what no difference looks like on this machine in this run.
 VARIANTS = ("original", "again", "patched", "hooked")
@@ -61,10 +67,10 @@ QUICK = [
 ]
 
 
-def quick_manifest(model: str, k: int, dtype: str) -> object:
+def quick_manifest(model: str, k: int, dtype: str, device: str | None = None) -> object:
     from pearzoo.build import BuildOptions, build_manifest
 
-    return build_manifest(BuildOptions(model=model, overrides=[f"locate.k={k}", *QUICK], dtype=dtype))
+    return build_manifest(BuildOptions(model=model, overrides=[f"locate.k={k}", *QUICK], dtype=dtype, device=device))
 
 
 def load(ref: str, dtype: str, device: str) -> torch.nn.Module:
@@ -142,6 +148,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="Untimed rounds first.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="An existing directory for the temp dir that holds the patched copy (default: the system's).")
+    ap.add_argument("--shape", default=None, choices=sorted(SHAPES), help="Random weights of this shape instead of --model.")
+    ap.add_argument("--out", type=Path, default=None, help="Also write the JSON report here.")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -155,10 +163,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pearzoo-bench-inference-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
+        if args.shape:
+            args.model = str(write_random_model(args.shape, work / args.shape, args.dtype, args.device))
+            seconds["random_model"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        cuda = args.device.startswith("cuda")
         if args.manifest:
             manifest, manifest_path = read_manifest(args.manifest), args.manifest
         else:
-            manifest = quick_manifest(args.model, args.k, "float32")
+            manifest = quick_manifest(args.model, args.k, args.dtype if cuda else "float32", args.device if cuda else None)
             manifest_path = write_manifest(manifest, work / "quick.pear.json")
             seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -203,7 +216,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     report: dict[str, object] = {
-        "model": args.model,
+        "command": " ".join(sys.argv),
+        "model": args.shape or args.model,
         "manifest": manifest.digest,
         "heads": [str(h) for h in sorted(coefficients)],
         "coefficients": [round(coefficients[h], 4) for h in sorted(coefficients)],
@@ -233,12 +247,24 @@ def main() -> None:
             "hooked_slower": hooked[0] > aa[1],
         }
         verdict[workload] = report[workload]
+    # The hooks' cost per decode step: paired (same round) differences from the original, over the steps.
+    steps = args.new_tokens
+    dec = times["decode"]
+    per_step = {v: [(a - b) / steps * 1e3 for a, b in zip(dec[v], dec["original"])] for v in ("again", "patched", "hooked")}
+    report["decode"]["ms_per_step"] = {v: round(statistics.median(dec[v]) / steps * 1e3, 4) for v in VARIANTS}
+    report["decode"]["extra_ms_per_step_vs_original"] = {v: summary(d, 4) for v, d in per_step.items()}
     (lp, tp), (lh, th), (lo, _) = outputs["patched"], outputs["hooked"], outputs["original"]
     report["logits_max_abs_diff"] = {"patched_vs_hooked": (lp - lh).abs().max().item(), "patched_vs_original": (lp - lo).abs().max().item()}
     report["greedy_tokens_equal_patched_vs_hooked"] = bool(torch.equal(tp, th))
     report["setup_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
-    print(json.dumps(report, indent=2))
+    import transformers
+
+    report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "platform": platform.platform()}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
 
     def line(workload: str) -> str:
         w = verdict[workload]
@@ -249,7 +275,9 @@ def main() -> None:
                 f"hooks {w['ratio_hooked_over_original']['median']:.3f}x{'' if w['hooked_slower'] else ' NOT'} slower)")
 
     print(f"original / patched / hooked, medians of {args.rounds} rounds on {report['device']}: "
-          f"{line('prefill')}; {line('decode')}; max |logits| patched-hooked {report['logits_max_abs_diff']['patched_vs_hooked']:.2e}",
+          f"{line('prefill')}; {line('decode')}; hooks +{report['decode']['extra_ms_per_step_vs_original']['hooked']['median']:.3f} ms "
+          f"per decode step (A/A {report['decode']['extra_ms_per_step_vs_original']['again']['median']:+.3f}); "
+          f"max |logits| patched-hooked {report['logits_max_abs_diff']['patched_vs_hooked']:.2e}",
           file=sys.stderr)
 
 

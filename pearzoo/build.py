@@ -34,9 +34,11 @@ class BuildOptions:
     overrides: list[str] = field(default_factory=list)
     revision: str | None = None
     device: str | None = None
-    device_map: str | None = None
+    device_map: str | dict[str, Any] | None = None
     dtype: str = "float32"
     allow_pickle: bool = False
+    max_memory: dict[Any, str] | None = None  # with device_map: accelerate's per-device bound (forces a split)
+    offload_folder: str | None = None  # with device_map: where `disk` entries live
 
 
 @dataclass
@@ -85,7 +87,13 @@ def prepare(options: BuildOptions, recipe: tuple[Recipe, Path] | None = None) ->
     source = resolve_model(options.model, options.revision)
     recipe, recipe_path = recipe or resolve_recipe(options, source)
     model, tokenizer = load_model(
-        source, dtype=options.dtype, device=options.device, device_map=options.device_map, allow_pickle=options.allow_pickle
+        source,
+        dtype=options.dtype,
+        device=options.device,
+        device_map=options.device_map,
+        allow_pickle=options.allow_pickle,
+        max_memory=options.max_memory,
+        offload_folder=options.offload_folder,
     )
     config = model.config
     if config.model_type not in recipe.match.model_types:

@@ -61,7 +61,10 @@ def sample_sequences(space: TokenSpace, count: int, length: int, gen: torch.Gene
 
 
 def input_device(model: Any) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    embeddings = model.get_input_embeddings()
+    # Under an accelerate device map the embedding's hook names where it runs; offloaded, its weight is on meta.
+    device = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else embeddings.weight.device
 
 
 @dataclass(frozen=True)

@@ -240,15 +240,21 @@ def load_model(
     *,
     dtype: str = "float32",
     device: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
     allow_pickle: bool = False,
+    max_memory: dict[Any, str] | None = None,
+    offload_folder: str | None = None,
 ) -> tuple[Any, Any | None]:
     """Load a `*ForCausalLM` model (eval mode, frozen) and its tokenizer if one can be read.
 
     Args:
         dtype (`str`): ``float32``, ``bfloat16`` or ``float16``.
         device (`str`, *optional*): where to put the whole model (``cpu``, ``cuda``).
-        device_map (`str`, *optional*): an accelerate device map (``auto``) for models larger than one device.
+        device_map (`str` or `dict`, *optional*): an accelerate device map (``auto``, or module -> device) for
+            models larger than one device.
+        max_memory (`dict`, *optional*): with `device_map`, accelerate's per-device bound (``{0: "20GiB", "cpu":
+            "60GiB"}``); layers that do not fit the GPUs are offloaded to the CPU (or `offload_folder`).
+        offload_folder (`str`, *optional*): with `device_map`, where layers mapped to ``disk`` are kept.
         allow_pickle (`bool`): permit `.bin`/`.pt` checkpoints, which can run code when loaded.
 
     Raises:
@@ -278,6 +284,10 @@ def load_model(
         kwargs["use_safetensors"] = False
     if device_map:
         kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
     with foreign_errors(f"{source.weights_path}: cannot load the model"):
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
     if device and not device_map:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 import yaml
-from transformers import AutoModelForCausalLM, BloomConfig, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM, BloomConfig, GPT2Config, LlamaConfig, MptConfig
 
 import copy_accuracy  # zoo/ is on sys.path when this file is run as a script
 
@@ -44,7 +44,9 @@ def log(**fields) -> None:
 def hf_config(family: str, arch: dict, extra: dict, vocab_size: int, special_id: int):
     """The shared architecture expressed in one family's config class."""
     ids = dict(bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id)
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=arch["tie_word_embeddings"],
+    # A model may override tying (config.yaml `models.<name>.tie_word_embeddings`), e.g. to test BLOOM untied.
+    tie = extra.get("tie_word_embeddings", arch["tie_word_embeddings"])
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=tie,
                   initializer_range=arch["initializer_range"], **ids)
     if family == "llama":
         return LlamaConfig(hidden_size=arch["hidden_size"], intermediate_size=arch["llama_intermediate"],
@@ -62,6 +64,14 @@ def hf_config(family: str, arch: dict, extra: dict, vocab_size: int, special_id:
         assert arch["mlp_hidden_4x"] == 4 * arch["hidden_size"]
         return BloomConfig(hidden_size=arch["hidden_size"], n_layer=arch["num_layers"], n_head=arch["num_heads"],
                            hidden_dropout=0.0, attention_dropout=0.0, layer_norm_epsilon=1e-5, **common)
+    if family == "mpt":
+        # ALiBi without BLOOM's embedding LayerNorm and biases (zoo/README.md, "Next"): the same slopes
+        # (alibi_bias_max 8 over 8 heads: 1/2 ... 1/256), 4x GELU MLP, no biases (MPT's default).
+        assert arch["mlp_hidden_4x"] % arch["hidden_size"] == 0
+        return MptConfig(d_model=arch["hidden_size"], n_heads=arch["num_heads"], n_layers=arch["num_layers"],
+                         expansion_ratio=arch["mlp_hidden_4x"] // arch["hidden_size"], max_seq_len=arch["context"],
+                         attn_config={"alibi": True, "alibi_bias_max": 8, "attn_pdrop": 0},
+                         resid_pdrop=0.0, emb_pdrop=0.0, layer_norm_epsilon=1e-5, **common)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -78,7 +88,7 @@ def autocast(device: torch.device, precision: str):
 
 def attention_implementation(family: str) -> str:
     # BLOOM's ALiBi attention exists only as the eager implementation in transformers.
-    return "eager" if family == "bloom" else "sdpa"
+    return "eager" if family in ("bloom", "mpt") else "sdpa"
 
 
 # ---------------------------------------------------------------- data
@@ -238,6 +248,7 @@ def save_and_measure(name: str, model: torch.nn.Module, metrics: dict, cfg: dict
 def model_card(name: str, cfg: dict, metrics: dict, env: dict) -> str:
     arch, tcfg, family = cfg["arch"], cfg["train"], cfg["models"][name]["family"]
     position = {"llama": "RoPE (rotary, theta 10000)", "bloom": "ALiBi (linear attention biases)",
+                "mpt": "ALiBi (linear attention biases, MPT's implementation)",
                 "gpt2": "learned absolute position embeddings (512)"}[family]
     versions = cfg["data"]["expect_versions"]
     packages = cfg["data"]["packages"]

@@ -20,6 +20,7 @@ run at p is recorded once per configuration, and everything an ablation cannot c
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ PREFIX_TOKENS = 512
 # --- read-out metric -----------------------------------------------------------------------------------
 
 
+def _resident(module: nn.Module) -> Any:
+    """A block in which `module`'s weights are real tensors: accelerate's offload (a device map with `cpu`/`disk`
+    entries) keeps them on the meta device between calls and loads them only around the module's own forward."""
+    if getattr(getattr(module, "_hf_hook", None), "offload", False):
+        from accelerate.utils import align_module_device
+
+        return align_module_device(module)
+    return contextlib.nullcontext()
+
+
 class _Readout:
     """logit[target] - mean over the vocabulary of the logits, from the final hidden state (spec §2.2).
 
@@ -58,22 +69,24 @@ class _Readout:
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.linear = isinstance(self.head, nn.Linear) and not self.softcap
         if self.linear:
-            w = self.head.weight
-            self.w_mean = w.float().mean(0)
-            bias = self.head.bias
-            self.b_mean = bias.float().mean() if bias is not None else None
+            with _resident(self.head):
+                w = self.head.weight
+                self.w_mean = w.float().mean(0)
+                bias = self.head.bias
+                self.b_mean = bias.float().mean() if bias is not None else None
 
     def __call__(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.linear:
-            w = self.head.weight
-            hidden = hidden.to(w.device).float()
-            targets = targets.to(w.device)
-            target_logit = (w[targets].float() * hidden).sum(-1)
-            mean_logit = hidden @ self.w_mean
-            if self.head.bias is not None:
-                target_logit = target_logit + self.head.bias[targets].float()
-                mean_logit = mean_logit + self.b_mean
-            return target_logit - mean_logit
+            with _resident(self.head):
+                w = self.head.weight
+                hidden = hidden.to(w.device).float()
+                targets = targets.to(w.device)
+                target_logit = (w[targets].float() * hidden).sum(-1)
+                mean_logit = hidden @ self.w_mean
+                if self.head.bias is not None:
+                    target_logit = target_logit + self.head.bias[targets].float()
+                    mean_logit = mean_logit + self.b_mean
+                return target_logit - mean_logit
         logits = self.head(hidden).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
