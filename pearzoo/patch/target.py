@@ -78,13 +78,16 @@ def check_out(out: Path, *, force: bool) -> None:
     check_writable(out)
 
 
-def check_writable(target: Path, what: str = "--out") -> None:
-    """Check that `target` (a file or folder to be created) can be created: its nearest existing ancestor is a
-    folder in which a new entry can be made (tried, not guessed from mode bits, which root ignores).
+def check_writable(target: Path, what: str = "--out", *, file: bool = False) -> None:
+    """Check that `target` (a folder, or with `file` a file, to be created or replaced) can be written: not a
+    folder where a file is wanted, and its nearest existing ancestor is a folder in which a new entry can be
+    made (tried, not guessed from mode bits, which root ignores).
 
     Raises:
         InvalidInputError: naming `what`, the folder and the reason.
     """
+    if file and target.is_dir():
+        raise InvalidInputError(f"{what} {target}: a folder, not a file", path=str(target))
     parent = target.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
