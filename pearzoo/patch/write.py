@@ -41,7 +41,7 @@ from pearzoo.shards import INDEX_NAME, Layout, read_file_layout, read_layout
 
 logger = logging.getLogger(__name__)
 
-COPY_CHUNK = 8 * 2**20
+COPY_CHUNK = 2**20  # 1 MiB: measured ~10x cheaper per byte than 8 MiB writes into the page cache (ext4)
 _PAGE = 4096
 
 # Weight formats other than safetensors: never copied, or the output would hold unpatched weights.
