@@ -126,11 +126,6 @@ def patch_model(
     _check_overlap(out, source)
     if not options.dry_run:
         check_out(out, force=options.force)
-    if manifest.base.files is None and notify:
-        notify(
-            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
-            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
-        )
 
     try:
         if source.gguf_file or not any(source.path.glob("*.safetensors")):
@@ -149,6 +144,11 @@ def patch_model(
             exc.hint = _gguf_hint(manifest, source, options.model)
         raise
 
+    if manifest.base.files is None and notify:  # said once the patch is done: a failure stays one line
+        notify(
+            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
+            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+        )
     return PatchResult(
         model_id=source.model_id,
         requested=options.model,

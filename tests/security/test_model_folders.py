@@ -268,3 +268,67 @@ def test_a_fold_that_overflows_fp16_is_refused_before_anything_is_written(tmp_pa
     assert code == 0, err
     folded = load_file(tmp_path / "o" / "model.safetensors")["model.layers.0.self_attn.o_proj.weight"]
     assert torch.isfinite(folded).all() and folded[0, 16].item() == 60000.0
+
+
+def test_hostile_weights_and_options_are_one_line_each(pristine, tmp_path, capsys, monkeypatch):
+    """A garbage .gguf, a .gguf with the magic and garbage after it, a pickle that does not unpickle (under
+    --allow-pickle), an unwritable --out (under /proc, and under a regular file), `--out . --force` over a
+    folder of the user's, and `pearzoo build --out` unwritable: one line and a documented exit code each,
+    and nothing written."""
+    v1 = write_json(make_manifest(pristine, schema_version=1), tmp_path / "v1.json")
+    v2 = write_json(make_manifest(pristine), tmp_path / "v2.json")
+    src = tmp_path / "models"
+    src.mkdir()
+    (src / "garbage.gguf").write_bytes(os.urandom(4096))
+    (src / "magic.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(64))
+    pickled = src / "pickled"
+    pickled.mkdir()
+    shutil.copy(pristine / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04garbage, not a pickle")
+    user = tmp_path / "user-folder"
+    user.mkdir()
+    (user / "thesis.tex").write_text("months of work")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    before = _workspace(tmp_path)
+    cases = [
+        (["patch", str(src / "garbage.gguf"), "--manifest", str(v1), "--out", str(tmp_path / "o")], 3, f"{src / 'garbage.gguf'}: not a GGUF file (no GGUF magic bytes)"),
+        (["patch", str(src / "magic.gguf"), "--manifest", str(v1), "--out", str(tmp_path / "o")], 3, f"{src / 'magic.gguf'}: cannot load the model: "),
+        (["patch", str(pickled), "--manifest", str(v1), "--out", str(tmp_path / "o"), "--allow-pickle"], 3, f"{pickled}: cannot load the model: "),
+        # schema 2: the pickle's bytes are checked before anything unpickles them
+        (["patch", str(pickled), "--manifest", str(v2), "--out", str(tmp_path / "o"), "--allow-pickle"], 5, "pickled is not the manifest's base: weight file model-00001-of"),
+        (["patch", str(pristine), "--manifest", str(v2), "--out", "/proc/pearzoo-out"], 3, "--out /proc/pearzoo-out: cannot write in /proc"),
+        (["patch", str(pristine), "--manifest", str(v2), "--out", str(a_file / "out")], 3, f"--out {a_file / 'out'}: {a_file} is not a folder"),
+        (["patch", str(pristine), "--manifest", str(v2), "--out", str(user), "--force"], 3, f"{user} exists and is not a folder pearzoo wrote (nor empty)"),
+        (["build", "-m", "org/never-loaded", "--out", "/proc/pearzoo.pear.json"], 3, "--out /proc/pearzoo.pear.json: cannot write in /proc"),
+    ]
+    for argv, code, starts in cases:
+        got, stdout, err = run_cli(argv, capsys)
+        assert (got, stdout) == (code, ""), (argv, err)
+        assert_one_error(err, starts)
+    # `cd folder; pearzoo patch model.gguf --force --out .`: the folder holds the user's files and the GGUF itself
+    monkeypatch.chdir(user)
+    shutil.copy(src / "magic.gguf", user / "model.gguf")
+    before_user = _workspace(user)
+    got, _, err = run_cli(["patch", "model.gguf", "--manifest", str(v1), "--out", ".", "--force"], capsys)
+    assert got == 3 and (user / "thesis.tex").read_text() == "months of work" and _workspace(user) == before_user
+    assert_one_error(err, f"{user} exists and is not a folder pearzoo wrote")
+    (user / "model.gguf").unlink()
+    assert _workspace(tmp_path) == before
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.rglob(f"{TEMP_PREFIX}*")]
+
+
+def test_a_gguf_in_the_current_folder_is_the_source_not_its_folder(tmp_path, monkeypatch):
+    # `cd dir; pearzoo patch model.gguf` writes dir/model-pear: only an --out that is, or holds, the file overlaps.
+    from pearzoo.errors import InvalidInputError
+    from pearzoo.patch.api import _check_overlap
+    from pearzoo.source import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    source = resolve_model("model.gguf")
+    assert (source.kind, source.path, source.gguf_file, source.weights_path) == ("gguf", tmp_path, "model.gguf", tmp_path / "model.gguf")
+    _check_overlap(tmp_path / "model-pear", source)  # beside the file: fine
+    for out in (tmp_path, tmp_path / "model.gguf"):
+        with pytest.raises(InvalidInputError, match="overlaps the source model"):
+            _check_overlap(out, source)
