@@ -102,3 +102,23 @@ def test_a_live_runs_temp_folder_is_kept_whatever_its_pid(tiny_dir, tmp_path):
     finally:
         held.release()
     assert clean_stale_temps(tmp_path) == [temp] and not temp.exists()  # released: the next run reclaims it
+
+
+def test_a_shipped_schema_1_registry_manifest_still_patches_its_zoo_model_with_a_warning(tmp_path):
+    # registry/ holds schema-1 manifests (built before base.files): they keep working, and say what they bind.
+    from pathlib import Path
+
+    from pearzoo.registry import builtin_registry_dir
+
+    zoo = Path(__file__).resolve().parents[2] / "zoo" / "models" / "llama-rope"
+    registry = LocalRegistry(builtin_registry_dir())
+    [entry] = registry.versions("llama-rope")
+    manifest = registry.read_manifest(entry)
+    assert manifest.schema_version == 1 and manifest.base.files is None
+    notes: list[str] = []
+    result = patch_model(PatchOptions(model=str(zoo), out=tmp_path / "out"), notify=notes.append)
+    assert result.manifest == manifest.digest and len(result.tensors) == len({h.layer for h in manifest.heads})
+    assert notes == [
+        f"manifest {manifest.digest[:12]} is schema_version 1: it binds the base only where it folds "
+        f"({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+    ]
