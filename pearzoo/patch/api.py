@@ -48,7 +48,7 @@ class PatchOptions(BaseModel):
     out: Path | None = Field(default=None, description="Output directory. Default: ./<model name>-pear.")
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
-    force: bool = Field(default=False, description="Replace an existing output directory.")
+    force: bool = Field(default=False, description="Replace an existing output directory, if pearzoo wrote it or it is empty.")
 
 
 class PatchedHead(BaseModel):
