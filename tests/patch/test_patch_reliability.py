@@ -122,3 +122,22 @@ def test_a_shipped_schema_1_registry_manifest_still_patches_its_zoo_model_with_a
         f"manifest {manifest.digest[:12]} is schema_version 1: it binds the base only where it folds "
         f"({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
     ]
+
+
+def test_write_shard_never_copies_a_bound_file_unhashed(tiny_dir, tmp_path):
+    # Called directly, without the pool write_patched passes, a shard with a digest in the plan is still hashed.
+    import pytest
+
+    from pearzoo.errors import IntegrityError
+    from pearzoo.manifest.io import seal
+    from pearzoo.manifest.schema import Manifest
+    from pearzoo.patch.plan import plan_folds, read_config
+    from pearzoo.patch.write import write_shard
+
+    doc = make_manifest(tiny_dir)
+    doc["base"]["files"] = {"model.safetensors": "0" * 64}
+    manifest = Manifest.model_validate(seal(doc))
+    plan = plan_folds(tiny_dir, read_config(tiny_dir), manifest)
+    assert plan.file_digests == {"model.safetensors": "0" * 64}
+    with pytest.raises(IntegrityError, match="is not the manifest's base: weight file model.safetensors differs"):
+        write_shard(tiny_dir / "model.safetensors", tmp_path / "x.safetensors", plan.folds["model.safetensors"], plan, {})
