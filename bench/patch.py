@@ -5,13 +5,16 @@
     python bench/patch.py --shape 7b --layers 4 --keep   # 7B widths, fewer layers; keep the files in --workdir
 
 A synthetic sharded checkpoint (random bf16, real Llama tensor names, shapes, index and config) is written
-to --workdir; a manifest folding --heads heads spread over the layers is sealed for it. Then, each in a
-fresh child process so that peak RSS (`resource.getrusage(...).ru_maxrss`) belongs to that step alone:
-a plain copy (`shutil.copyfile` + fsync per file, as patch fsyncs its shards) and `patch_model`,
-interleaved for `--rounds` rounds (alternating which goes first), each after `os.sync()`; the fastest of
-each is compared.
-Prints a JSON report: seconds (and CPU seconds), ratio patch/copy, throughput, peak RSS of each, and the largest shard and
-tensor for comparison with the memory bound.
+to --workdir; a manifest folding --heads heads spread over the layers is sealed for it (schema 2 by
+default: every weight file bound by sha256, so patch hashes every byte it copies; `--schema 1` binds the
+folded tensors only, and untouched bytes are copied in the kernel). Then, each in a fresh child process
+so that peak RSS (`resource.getrusage(...).ru_maxrss`) belongs to that step alone: a plain copy
+(`shutil.copyfile` + fsync per file, as patch fsyncs its shards: the baseline) and `patch_model`,
+interleaved for `--rounds` rounds (alternating which goes first), each after `os.sync()`.
+Prints a JSON report: per-round seconds (and CPU seconds) of both, the per-round ratio patch/copy with its
+median and spread (min, max), the ratio of the medians and of the fastest of each, throughput, peak RSS
+of each, the load average before and after, and the largest shard and tensor for comparison with the
+memory bound.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -94,10 +98,10 @@ def write_checkpoint(directory: Path, config: dict, shard_bytes: int) -> dict:
     return {"files": len(groups), "bytes": total}
 
 
-def seal_manifest(directory: Path, config: dict, heads: int, path: Path) -> str:
+def seal_manifest(directory: Path, config: dict, heads: int, path: Path, schema: int = 2) -> str:
     """A manifest folding `heads` heads spread over the layers (coefficients 0.5..1.5), bound by digest."""
     from pearzoo import __version__
-    from pearzoo.binding import base_digests
+    from pearzoo.binding import base_digests, base_files
     from pearzoo.manifest.io import seal
     from pearzoo.manifest.schema import Manifest
     from pearzoo.recipe.catalog import get_recipe
@@ -110,13 +114,15 @@ def seal_manifest(directory: Path, config: dict, heads: int, path: Path) -> str:
     pairs = sorted({(k * layers // heads, (k * 7) % per_layer) for k in range(heads)})
     names = {f"model.layers.{l}.self_attn.o_proj.weight" for l, _ in pairs}
     holder = type("Prefix", (), {"base_model_prefix": "model"})()
-    tensors = base_digests(ModelSource(kind="directory", path=directory, model_id="bench/llama"), holder, names)
+    source = ModelSource(kind="directory", path=directory, model_id="bench/llama")
+    tensors = base_digests(source, holder, names)
+    files = {"files": base_files(source)} if schema >= 2 else {}
     hd = config["hidden_size"] // per_layer
     document = {
-        "schema_version": 1,
+        "schema_version": schema,
         "base": {"model_id": "bench/llama", "format": "safetensors", "model_type": "llama", "architectures": ["LlamaForCausalLM"],
                  "dtype": "bfloat16", "geometry": {"num_layers": layers, "num_heads": per_layer, "head_dim": hd, "layout": "columns"},
-                 "tensors": tensors},
+                 "tensors": tensors, **files},
         "recipe": {"id": recipe.id, "version": recipe.version, "digest": recipe_digest(recipe), "overrides": [], "settings": recipe.model_dump(mode="json")},
         "locate": {"scope": "path", "k": len(pairs), "configurations": [{"samples": 1, "length": 2, "clean_metric": 0.0}]},
         "heads": [{"layer": l, "head": h, "score": 0.0, "delta": 0.0, "coefficient": 0.5 + i / max(1, len(pairs) - 1)} for i, (l, h) in enumerate(pairs)],
@@ -142,7 +148,7 @@ def child(step: str, src: Path, dst: Path, manifest: Path, options: dict) -> Non
         t0 = time.perf_counter()
         ckpt = write_checkpoint(src, options["config"], options["shard_bytes"])
         ckpt["generate_seconds"] = round(time.perf_counter() - t0, 1)
-        ckpt["manifest"] = seal_manifest(src, options["config"], options["heads"], manifest)
+        ckpt["manifest"] = seal_manifest(src, options["config"], options["heads"], manifest, options["schema"])
         print(json.dumps(ckpt))
         return
     t0 = time.perf_counter()
@@ -189,7 +195,8 @@ def main() -> None:
     ap.add_argument("--shard-size-mb", type=int, default=None, help="Max shard size (default: 1000 for 1b, 5000 for 7b).")
     ap.add_argument("--heads", type=int, default=30, help="Heads to fold, spread over the layers (the recipe's K).")
     ap.add_argument("--workdir", type=Path, default=Path(".scratch/bench-patch"))
-    ap.add_argument("--rounds", type=int, default=2, help="Interleaved copy/patch rounds; the best of each is reported.")
+    ap.add_argument("--rounds", type=int, default=5, help="Interleaved copy/patch rounds (median and spread are reported).")
+    ap.add_argument("--schema", type=int, choices=(1, 2), default=2, help="Manifest schema: 2 hashes every byte, 1 only folded tensors.")
     ap.add_argument("--keep", action="store_true", help="Keep the checkpoint and the manifest.")
     ap.add_argument("--child", nargs=5, metavar=("STEP", "SRC", "DST", "MANIFEST", "OPTIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -207,7 +214,8 @@ def main() -> None:
         shutil.rmtree(work)
     src, manifest = work / "model", work / "bench.pear.json"
     work.mkdir(parents=True)
-    ckpt = run_child("prepare", src, work, manifest, {"config": config, "shard_bytes": shard_mb * 10**6, "heads": args.heads})
+    ckpt = run_child("prepare", src, work, manifest, {"config": config, "shard_bytes": shard_mb * 10**6, "heads": args.heads, "schema": args.schema})
+    load_before = os.getloadavg()
 
     # Interleaved rounds, each step starting after os.sync() (no dirty pages of an earlier step being written
     # back under it); the best of each is compared. Outputs are deleted between rounds. The order alternates
@@ -220,6 +228,8 @@ def main() -> None:
             shutil.rmtree(work / step)
     copy = min(rounds["copy"], key=lambda r: r["seconds"])
     patch = min(rounds["patch"], key=lambda r: r["seconds"])
+    ratios = sorted(p["seconds"] / c["seconds"] for p, c in zip(rounds["patch"], rounds["copy"]))
+    median = statistics.median
 
     shapes = dict(tensor_shapes(config))
     largest_tensor = max(2 * math.prod(s) for s in shapes.values())
@@ -235,7 +245,13 @@ def main() -> None:
         "patch": patch,
         "seconds_per_round": {k: [r["seconds"] for r in v] for k, v in rounds.items()},
         "cpu_seconds_per_round": {k: [r["cpu_seconds"] for r in v] for k, v in rounds.items()},
-        "ratio_patch_over_copy": round(patch["seconds"] / copy["seconds"], 2),
+        "schema": args.schema,
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "ratio_median": round(median(ratios), 3),
+        "ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)],
+        "ratio_of_medians": round(median(r["seconds"] for r in rounds["patch"]) / median(r["seconds"] for r in rounds["copy"]), 3),
+        "ratio_of_fastest": round(patch["seconds"] / copy["seconds"], 3),
+        "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
         "patch_gib_per_s": round(ckpt["bytes"] / 2**30 / patch["seconds"], 3),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }  # fmt: skip

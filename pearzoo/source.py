@@ -97,13 +97,22 @@ def foreign_errors(what: str) -> Iterator[None]:
     StrictDataclassError for `num_attention_heads: "four"`, pickle.UnpicklingError, RuntimeError for a
     truncated zip...), none of which is a pearzoo bug; `--debug` still shows the original traceback.
     """
-    try:
-        yield
-    except (PearzooError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the input is foreign: see the docstring
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise InvalidInputError(f"{what}: {first}") from exc
+    import warnings
+
+    # Their warnings about a file (torch's "Detected pickle protocol 4...") go to the debug log, so that a
+    # failure stays one line on stderr.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except (PearzooError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the input is foreign: see the docstring
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise InvalidInputError(f"{what}: {first}") from exc
+        finally:
+            for w in caught:
+                logger.debug("%s: %s", what, w.message)
 
 
 def validate_hub_id(model_id: str) -> str:

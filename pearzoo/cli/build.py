@@ -66,7 +66,10 @@ def build(out: Path | None, json_mode: bool, quiet: bool, **kw: Any) -> None:
     """
     from pearzoo.build import build_manifest
     from pearzoo.manifest.io import write_manifest
+    from pearzoo.patch.target import check_writable
 
+    # Before the model is even loaded: a build takes minutes, an unwritable --out should not wait for it.
+    check_writable(out or Path.cwd() / "model.pear.json", "--out", file=True)
     output = Output(json_mode=json_mode, quiet=quiet)
     manifest = build_manifest(_options(kw), progress=output.progress)
     target = out or Path(f"{manifest.base.model_id.replace('/', '--')}.pear.json")

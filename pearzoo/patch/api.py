@@ -48,7 +48,7 @@ class PatchOptions(BaseModel):
     out: Path | None = Field(default=None, description="Output directory. Default: ./<model name>-pear.")
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
-    force: bool = Field(default=False, description="Replace an existing output directory.")
+    force: bool = Field(default=False, description="Replace an existing output directory, if pearzoo wrote it or it is empty.")
     public_keys: list[Path] = Field(default_factory=list, description="Require the manifest to be signed by this EC public key (PEM); repeatable.")
     require_signature: bool | None = Field(default=None, description="Require a signed manifest (default: when --public-key is given or the registry's trust.json requires it).")
     sign_key: Path | None = Field(default=None, description="Sign the patched folder with this EC private key (PEM): OUT/model.sig, as model_signing writes it.")
@@ -140,11 +140,6 @@ def patch_model(
     _check_overlap(out, source)
     if not options.dry_run:
         check_out(out, force=options.force)
-    if manifest.base.files is None and notify:
-        notify(
-            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
-            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
-        )
 
     try:
         if source.gguf_file or not any(source.path.glob("*.safetensors")):
@@ -164,6 +159,11 @@ def patch_model(
             exc.hint = _gguf_hint(manifest, source, options.model)
         raise
 
+    if manifest.base.files is None and notify:  # said once the patch is done: a failure stays one line
+        notify(
+            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
+            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+        )
     return PatchResult(
         model_id=source.model_id,
         requested=options.model,

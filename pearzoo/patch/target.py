@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -78,13 +77,16 @@ def check_out(out: Path, *, force: bool) -> None:
     check_writable(out)
 
 
-def check_writable(target: Path, what: str = "--out") -> None:
-    """Check that `target` (a file or folder to be created) can be created: its nearest existing ancestor is a
-    folder in which a new entry can be made (tried, not guessed from mode bits, which root ignores).
+def check_writable(target: Path, what: str = "--out", *, file: bool = False) -> None:
+    """Check that `target` (a folder, or with `file` a file, to be created or replaced) can be written: not a
+    folder where a file is wanted, and its nearest existing ancestor is a folder in which a new entry can be
+    made (tried, not guessed from mode bits, which root ignores).
 
     Raises:
         InvalidInputError: naming `what`, the folder and the reason.
     """
+    if file and target.is_dir():
+        raise InvalidInputError(f"{what} {target}: a folder, not a file", path=str(target))
     parent = target.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -169,10 +171,10 @@ def clean_stale_temps(parent: Path) -> list[Path]:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the kernel or libc lacks it."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them (no ldconfig run)
+    except OSError:
         return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     fn = getattr(libc, "renameat2", None)
     if fn is None:
         return False

@@ -102,3 +102,42 @@ def test_a_live_runs_temp_folder_is_kept_whatever_its_pid(tiny_dir, tmp_path):
     finally:
         held.release()
     assert clean_stale_temps(tmp_path) == [temp] and not temp.exists()  # released: the next run reclaims it
+
+
+def test_a_shipped_schema_1_registry_manifest_still_patches_its_zoo_model_with_a_warning(tmp_path):
+    # registry/ holds schema-1 manifests (built before base.files): they keep working, and say what they bind.
+    from pathlib import Path
+
+    from pearzoo.registry import builtin_registry_dir
+
+    zoo = Path(__file__).resolve().parents[2] / "zoo" / "models" / "llama-rope"
+    registry = LocalRegistry(builtin_registry_dir())
+    [entry] = registry.versions("llama-rope")
+    manifest = registry.read_manifest(entry)
+    assert manifest.schema_version == 1 and manifest.base.files is None
+    notes: list[str] = []
+    result = patch_model(PatchOptions(model=str(zoo), out=tmp_path / "out"), notify=notes.append)
+    assert result.manifest == manifest.digest and len(result.tensors) == len({h.layer for h in manifest.heads})
+    assert notes == [
+        f"manifest {manifest.digest[:12]} is schema_version 1: it binds the base only where it folds "
+        f"({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+    ]
+
+
+def test_write_shard_never_copies_a_bound_file_unhashed(tiny_dir, tmp_path):
+    # Called directly, without the pool write_patched passes, a shard with a digest in the plan is still hashed.
+    import pytest
+
+    from pearzoo.errors import IntegrityError
+    from pearzoo.manifest.io import seal
+    from pearzoo.manifest.schema import Manifest
+    from pearzoo.patch.plan import plan_folds, read_config
+    from pearzoo.patch.write import write_shard
+
+    doc = make_manifest(tiny_dir)
+    doc["base"]["files"] = {"model.safetensors": "0" * 64}
+    manifest = Manifest.model_validate(seal(doc))
+    plan = plan_folds(tiny_dir, read_config(tiny_dir), manifest)
+    assert plan.file_digests == {"model.safetensors": "0" * 64}
+    with pytest.raises(IntegrityError, match="is not the manifest's base: weight file model.safetensors differs"):
+        write_shard(tiny_dir / "model.safetensors", tmp_path / "x.safetensors", plan.folds["model.safetensors"], plan, {})
