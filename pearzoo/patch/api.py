@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,7 @@ class PatchOptions(BaseModel):
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
     force: bool = Field(default=False, description="Replace an existing output directory.")
+    format: Literal["auto", "safetensors", "gguf"] = Field(default="auto", description="Output format: auto follows the source (a GGUF gives a GGUF file, else a safetensors folder).")
 
 
 class PatchedHead(BaseModel):
@@ -87,6 +88,7 @@ class PatchResult(BaseModel):
     out: str | None = Field(description="Output directory (null under dry_run).")
     dry_run: bool
     bytes_written: int
+    format: str = Field(default="safetensors", description="safetensors (a folder) or gguf (one file).")
     seconds: float
 
 
@@ -127,8 +129,16 @@ def patch_model(
     if twin and notify:
         notify(f"{options.model} is in Meta's original format; using its transformers twin {twin}")
     source = resolve_source(options.model, options.revision)
+    if source.gguf_file:
+        from pearzoo.formats.gguf import check_not_patched
+
+        check_not_patched(source.path / source.gguf_file)
     if manifest is None:
         manifest = resolve_manifest(source, manifest=options.manifest, registry=options.registry)
+    if options.format == "gguf" or (options.format == "auto" and source.gguf_file):
+        from pearzoo.formats.patch import patch_to_gguf
+
+        return patch_to_gguf(options, source, manifest, progress=progress, start=start)
     out = _target(options, source)
 
     try:
