@@ -89,6 +89,30 @@ def _builtin(name: str) -> ModelSource:
     )
 
 
+# The reference zoo's models live in the git checkout (zoo/models/<name>), under the names the registry lists.
+ZOO_MODELS = Path(__file__).resolve().parents[1] / "zoo" / "models"
+
+
+def zoo_model(name: str) -> Path | None:
+    """The checkout directory of a reference-zoo model named `name` (e.g. ``llama-rope``), or None."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        return None
+    path = ZOO_MODELS / name
+    return path if (path / "config.json").is_file() else None
+
+
+def registry_name(ref: str) -> str:
+    """The name a registry lists for a model reference: a built-in name's Hub id, a zoo directory's name,
+    else `ref` unchanged (`pearzoo show smollm2-135m-instruct` shows HuggingFaceTB/SmolLM2-135M-Instruct)."""
+    key = ref.strip().lower()
+    if key in BUILTIN_MODELS:
+        return BUILTIN_MODELS[key]["model_id"]
+    path = Path(ref).expanduser()
+    if path.is_dir() and path.resolve().parent == ZOO_MODELS.resolve():
+        return path.resolve().name
+    return ref
+
+
 def _hub(model_id: str, revision: str | None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -122,7 +146,8 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
 
     Args:
         ref (`str`): a directory with `config.json`, a `.gguf` file, a built-in name
-            (``smollm2-135m-instruct``) or a Hub id (``org/name``).
+            (``smollm2-135m-instruct``), a reference-zoo name (``llama-rope``: the checkout's
+            ``zoo/models/llama-rope``) or a Hub id (``org/name``).
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
 
     Returns:
@@ -153,6 +178,9 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
     if ref.count("/") > 1 and ".." not in ref:
         # Not a Hub id (those have at most one slash): it was meant as a path.
         raise NotFoundError(f"{ref}: no such file or directory", path=ref)
+    zoo = zoo_model(ref) if revision is None else None
+    if zoo is not None:  # `pearzoo list` prints llama-rope: the checkout's zoo/models/llama-rope, not a Hub repo
+        return ModelSource(kind="directory", path=zoo.resolve(), model_id=zoo.name)
     return _hub(ref, revision)
 
 

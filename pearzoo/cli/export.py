@@ -36,14 +36,10 @@ def export(manifest: str, format_: str, out: Path, model: str | None, revision: 
     """
     from pearzoo.formats.peft import export_peft
     from pearzoo.manifest.io import read_manifest
+    from pearzoo.patch.resolve import manifest_file
 
     output = Output(json_mode=json_mode)
-    if Path(manifest).is_file() or manifest.endswith(".json"):
-        m = read_manifest(manifest)
-    else:
-        from pearzoo.registry import open_registry
-
-        m = open_registry(registry).show(manifest, None).manifest
+    m = read_manifest(manifest_file(manifest, registry))
     base, base_revision = None, None
     if model is not None:
         from pearzoo.patch.api import PatchOptions, patch_model

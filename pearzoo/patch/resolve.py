@@ -170,3 +170,28 @@ def _source_form(source: ModelSource) -> str:
     if source.gguf_file:
         return f"the GGUF {source.gguf_file}"
     return "its safetensors weights" if any(source.path.glob("*.safetensors")) else "its pytorch weights"
+
+
+def manifest_file(ref: str | Path, registry: str | Path | None = None) -> Path:
+    """A manifest file for `ref`: `ref` itself when it is a file (or names a .json), else the newest manifest of
+    the model the registry lists under that name (`pearzoo list`; a built-in name maps to its Hub id): the local
+    registry's own file, or a verified copy of an HTTP registry's under PEARZOO_HOME/manifests.
+
+    Raises:
+        NotFoundError: no such file, and no registry entry under that name.
+    """
+    from pearzoo import settings
+    from pearzoo.manifest.io import write_manifest
+    from pearzoo.registry import open_registry
+    from pearzoo.registry.local import LocalRegistry
+    from pearzoo.source import registry_name
+
+    path = Path(ref).expanduser()
+    if path.is_file() or path.suffix.lower() == ".json" or path.is_dir():
+        return path
+    reg = open_registry(registry)
+    details = reg.show(registry_name(str(ref)))
+    entry = next(e for e in details.versions if e.digest == details.manifest.digest)
+    if isinstance(reg, LocalRegistry):
+        return reg.root / entry.path
+    return write_manifest(details.manifest, settings.home() / "manifests" / f"{entry.digest}.json")
