@@ -56,7 +56,7 @@ class PatchOptions(BaseModel):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     manifest: Path | None = Field(default=None, description="Manifest file to apply. Default: the registry's newest for the model that fits its weights (GGUF or not).")
     registry: str | None = Field(default=None, description="Registry directory or http(s) URL. Default: the registry shipped with pearzoo.")
-    out: Path | None = Field(default=None, description="Output directory. Default: ./<model name>-pear.")
+    out: Path | None = Field(default=None, description="Output directory (a .gguf file under --format gguf). Default: ./<model name>-pear (./<file stem>-pear.gguf).")
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
     force: bool = Field(default=False, description="Replace an existing output directory.")
