@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import struct
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
