@@ -218,6 +218,10 @@ def default_model(manifest: Manifest, source: str) -> tuple[str, str | None]:
             return name, None
     if base.revision is not None:
         return base.model_id, base.revision
+    from pearzoo.source import zoo_model
+
+    if zoo_model(base.model_id) is not None:  # a reference-zoo model: its checkout directory
+        return base.model_id, None
     raise InvalidInputError(
         f"{source}: base '{base.model_id}' was built from local files (no Hub revision recorded)",
         hint="pass --model with the path of that model",

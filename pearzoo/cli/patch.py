@@ -22,7 +22,8 @@ def _help(field: str) -> str:
 @revision_option(help=_help("revision"))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_help("manifest"))
 @registry_option
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None, help=_help("out"))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help=_help("out"))
+@click.option("--format", "format_", type=click.Choice(["auto", "safetensors", "gguf"]), default="auto", show_default=True, help=_help("format"))
 @click.option("--dry-run", is_flag=True, help=_help("dry_run"))
 @allow_pickle_option(help=_help("allow_pickle"))
 @click.option("--force", is_flag=True, help=_help("force"))
@@ -41,12 +42,14 @@ def patch(
     overrides: tuple[str, ...],
     json_mode: bool,
     quiet: bool,
+    format_: str,
     **kw: Any,
 ) -> None:
     """Patch a model: fold a manifest's coefficients into a copy of its weights.
 
     MODEL is a Hub id (read through the Hugging Face cache; HF_HUB_OFFLINE is honoured), a local directory
-    or a .gguf file. The manifest is the registry's newest for MODEL that fits its weights (one built from a
+    or a .gguf file. A GGUF source gives a GGUF file (same size and quantization types, the folded heads'
+    block scales scaled; --format safetensors gives a float folder instead). The manifest is the registry's newest for MODEL that fits its weights (one built from a
     GGUF fits only that GGUF file, and no other fits a GGUF) unless --manifest pins one. The digest
     of every tensor the fold touches is checked on the bytes that are folded (a wrong base fails and leaves
     no output); the output keeps the input's shard layout, is written to a temp directory and renamed at
@@ -54,7 +57,8 @@ def patch(
 
     \b
     Examples:
-      pearzoo patch smollm2-135m-instruct --out smollm2-pear
+      pearzoo patch smollm2-135m-instruct --out smollm2-pear.gguf
+      pearzoo patch smollm2-135m-instruct --format safetensors --out smollm2-pear
       pearzoo patch HuggingFaceTB/SmolLM2-135M-Instruct --build --out smollm2-hub-pear
       pearzoo patch ./my-llama --manifest my-llama.pear.json --dry-run
       pearzoo patch org/model --registry https://example.org/registry --build --json
@@ -67,7 +71,7 @@ def patch(
         raise click.UsageError("--set applies to --build only")
     output = Output(json_mode=json_mode, quiet=quiet)
     kw["public_keys"] = list(kw["public_keys"])
-    options = PatchOptions(model=model, manifest=manifest, registry=registry, **kw)
+    options = PatchOptions(model=model, manifest=manifest, registry=registry, format=format_, **kw)
     if build_missing:
         from pearzoo.ensure import patch_or_build
 
@@ -86,7 +90,7 @@ def patch(
         human = (
             f"wrote {result.out}\n"
             f"manifest: {result.manifest} ({result.recipe})\n"
-            f"folded {len(result.tensors)} tensor(s) in {result.shards} shard(s): {heads}"
+            f"folded {len(result.tensors)} tensor(s) in {result.shards} {'GGUF file' if result.format == 'gguf' else 'shard(s)'}: {heads}"
         )
         if result.output_signature:
             human += f"\nsigned: {result.output_signature}"

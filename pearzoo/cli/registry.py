@@ -81,8 +81,9 @@ def show(model: str, digest: str | None, registry: str | None, json_mode: bool) 
       pearzoo show org/model --digest 9f2c41ab --json
     """
     from pearzoo.registry import open_registry
+    from pearzoo.source import registry_name
 
-    details = open_registry(registry).show(model, digest)
+    details = open_registry(registry).show(registry_name(model), digest)
     # exclude_unset keeps the manifest exactly as sealed, so the printed copy still matches its digest.
     Output(json_mode=json_mode).result(details.model_dump(mode="json", exclude_unset=True), _render(details))
 

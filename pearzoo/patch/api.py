@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,13 +45,14 @@ class PatchOptions(BaseModel):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     manifest: Path | None = Field(default=None, description="Manifest file to apply. Default: the registry's newest for the model that fits its weights (GGUF or not).")
     registry: str | None = Field(default=None, description="Registry directory or http(s) URL. Default: the registry shipped with pearzoo.")
-    out: Path | None = Field(default=None, description="Output directory. Default: ./<model name>-pear.")
+    out: Path | None = Field(default=None, description="Output directory (a .gguf file under --format gguf). Default: ./<model name>-pear (./<file stem>-pear.gguf).")
     dry_run: bool = Field(default=False, description="Resolve and verify the base weights, write nothing.")
     allow_pickle: bool = Field(default=False, description="Allow .bin/.pt weights (they can run code when loaded).")
     force: bool = Field(default=False, description="Replace an existing output directory, if pearzoo wrote it or it is empty.")
     public_keys: list[Path] = Field(default_factory=list, description="Require the manifest to be signed by this EC public key (PEM); repeatable.")
     require_signature: bool | None = Field(default=None, description="Require a signed manifest (default: when --public-key is given or the registry's trust.json requires it).")
     sign_key: Path | None = Field(default=None, description="Sign the patched folder with this EC private key (PEM): OUT/model.sig, as model_signing writes it.")
+    format: Literal["auto", "safetensors", "gguf"] = Field(default="auto", description="Output format: auto follows the source (a GGUF gives a GGUF file, else a safetensors folder).")
 
 
 class PatchedHead(BaseModel):
@@ -79,6 +80,7 @@ class PatchResult(BaseModel):
     out: str | None = Field(description="Output directory (null under dry_run).")
     dry_run: bool
     bytes_written: int
+    format: str = Field(default="safetensors", description="safetensors (a folder) or gguf (one file).")
     seconds: float
     signed_by: str | None = Field(default=None, description="Fingerprint of the key whose manifest signature was verified.")
     output_signature: str | None = Field(default=None, description="OUT/model.sig, when the output was signed.")
@@ -127,7 +129,12 @@ def patch_model(
     from pearzoo.trust import check_manifest_signature, check_signing_key, sign_output
 
     check_signing_key(options.sign_key)
-    source = resolve_source(options.model, options.revision)
+    # A Hub model is not downloaded yet: the registry, the recipe, the signature and --out are checked first.
+    source = resolve_source(options.model, options.revision, download=False)
+    if source.gguf_file:
+        from pearzoo.formats.gguf import check_not_patched
+
+        check_not_patched(source.path / source.gguf_file)
     origin = "memory" if manifest is not None else "file" if options.manifest is not None else "registry"
     if manifest is None:
         manifest = resolve_manifest(source, manifest=options.manifest, registry=options.registry)
@@ -135,7 +142,22 @@ def patch_model(
         manifest, origin=origin, manifest_path=options.manifest, registry=options.registry,
         public_keys=options.public_keys, require=options.require_signature, notify=notify,
     )
+    if options.format == "gguf" or (options.format == "auto" and source.gguf_file):
+        if options.sign_key is not None:
+            raise InvalidInputError("--sign-key signs a patched folder; a GGUF output is one file (use --format safetensors to sign)")
+        from pearzoo.formats.patch import patch_to_gguf
+
+        return patch_to_gguf(options, source, manifest, progress=progress, start=start).model_copy(update={"signed_by": signed_by})
     finish = (lambda folder: sign_output(folder, options.sign_key)) if options.sign_key else None  # noqa: E731
+    if not source.fetched:
+        from pearzoo.manifest.recorded import recorded_recipe
+        from pearzoo.patch.resolve import fetch_for_patch
+
+        recorded_recipe(manifest)
+        _check_overlap(_out(options, source.model_id), source)
+        if not options.dry_run:
+            check_out(_out(options, source.model_id), force=options.force)
+        source = fetch_for_patch(source, manifest)  # the Hub's file digests first, then only the needed files
     out = _out(options, source.model_id)
     _check_overlap(out, source)
     if not options.dry_run:
@@ -206,7 +228,7 @@ def find_manifest(model: str, revision: str | None = None, registry: str | Path 
     Raises:
         NotFoundError, OfflineError: the model or the registry cannot be found or reached.
     """
-    return registry_manifest(resolve_source(model, revision), registry)
+    return registry_manifest(resolve_source(model, revision, download=False), registry)
 
 
 def _out(options: PatchOptions, name: str) -> Path:

@@ -40,16 +40,147 @@ def transformers_twin(model: str) -> str | None:
     return TRANSFORMERS_TWINS.get(model.strip().lower())
 
 
-def resolve_source(model: str, revision: str | None = None) -> ModelSource:
+def resolve_source(model: str, revision: str | None = None, *, download: bool = True) -> ModelSource:
     """Resolve a model reference (directory, `.gguf`, built-in name or Hub id) to files on disk.
 
-    A Meta original-format id is replaced by its transformers twin first (see `transformers_twin`).
+    A Meta original-format id is replaced by its transformers twin first (see `transformers_twin`). With
+    `download=False` a Hub id is not downloaded: its commit is resolved (`hub_reference`) and `fetch_for_patch`
+    downloads it once the manifest and the output are known.
 
     Raises:
         NotFoundError, OfflineError, UnsafeInputError, InvalidInputError: as `source.resolve_model`.
     """
     twin = transformers_twin(model)
-    return resolve_model(twin or model, revision)
+    return resolve_model(twin or model, revision, download=download)
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants as hf_constants
+
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def hub_reference(model_id: str, revision: str | None) -> ModelSource:
+    """A Hub model, not downloaded: its commit (the Hub's answer when online, the cache's refs when offline,
+    None when neither knows), and its cache folder as `path`. Nothing but one metadata request is made.
+
+    Raises:
+        NotFoundError: no such repository or revision (online).
+        UnsafeInputError, InvalidInputError: a malformed id.
+    """
+    import re
+
+    import huggingface_hub.constants as hf_constants
+
+    validate_hub_id(model_id)
+    folder = Path(hf_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
+    if commit is None and _offline():
+        ref = folder / "refs" / (revision or "main")
+        try:
+            text = ref.read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        commit = text if re.fullmatch(r"[0-9a-f]{40}", text) else None
+    elif commit is None:
+        commit = _hub_call(model_id, revision, lambda api: api.model_info(model_id, revision=revision).sha)
+    return ModelSource(kind="hub", path=folder, model_id=model_id, revision=commit or revision, fetched=False)
+
+
+def _hub_call(model_id: str, revision: str | None, call: Any) -> Any:
+    """`call(HfApi())`, with the Hub's errors as pearzoo's."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from pearzoo.errors import OfflineError
+
+    try:
+        return call(HfApi())
+    except LocalEntryNotFoundError as exc:
+        raise OfflineError(
+            f"model '{model_id}' is not in the Hugging Face cache and the Hub cannot be reached",
+            hint="connect, unset HF_HUB_OFFLINE, or pass a local directory",
+            repo_id=model_id,
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise NotFoundError(f"model '{model_id}': a file it needs is missing on the Hub ({exc.__class__.__name__})", repo_id=model_id) from exc
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise NotFoundError(f"model '{model_id}' not found on the Hub (or access is gated)", repo_id=model_id) from exc
+    except RevisionNotFoundError as exc:
+        raise NotFoundError(f"model '{model_id}': revision '{revision}' not found", repo_id=model_id) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise OfflineError(f"the Hub cannot be reached for '{model_id}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", repo_id=model_id) from exc
+
+
+def check_remote_files(source: ModelSource, manifest: Manifest) -> int:
+    """Before any download: compare the manifest's weight-file digests (`base.files`, schema 2) with the
+    Hub's LFS sha256 of those files at the resolved commit. Offline, or without recorded file digests, there
+    is nothing to ask (the files are hashed as they are read). Returns the number of files compared.
+
+    Raises:
+        IntegrityError: a file the manifest binds is missing at that commit or has other bytes.
+    """
+    from pearzoo.errors import IntegrityError
+
+    files: dict[str, str] | None = getattr(manifest.base, "files", None)
+    if not files or _offline():
+        return 0
+    infos = _hub_call(source.model_id, source.revision, lambda api: api.get_paths_info(source.model_id, sorted(files), revision=source.revision))
+    remote = {info.path: info for info in infos}
+    compared = 0
+    at = f" at {source.revision[:12]}" if source.revision else ""
+    for name, expected in sorted(files.items()):
+        info = remote.get(name)
+        if info is None:
+            raise IntegrityError(
+                f"{source.model_id}{at} is not the manifest's base: it has no {name} (checked before downloading)",
+                path=name, expected=expected,
+            )  # fmt: skip
+        lfs = getattr(info, "lfs", None)
+        if lfs is None:
+            continue  # a small file in git (no LFS sha256): hashed after download
+        if lfs.sha256 != expected:
+            raise IntegrityError(
+                f"{source.model_id}{at} is not the manifest's base: {name} has sha256 {lfs.sha256[:12]} on the Hub, "
+                f"the manifest binds {expected[:12]} (checked before downloading)",
+                path=name, expected=expected, actual=lfs.sha256,
+            )  # fmt: skip
+        compared += 1
+    return compared
+
+
+def fetch_patterns(manifest: Manifest) -> list[str]:
+    """What a patch downloads: config, tokenizer and generation files, and the weight files the manifest binds
+    (`base.files`; without it, every safetensors file and the index)."""
+    from pearzoo.source import HUB_ALLOW_PATTERNS
+
+    files: dict[str, str] | None = getattr(manifest.base, "files", None)
+    if not files:
+        return list(HUB_ALLOW_PATTERNS)
+    weights = {"*.safetensors", "model.safetensors.index.json"}
+    return [p for p in HUB_ALLOW_PATTERNS if p not in weights] + ["model.safetensors.index.json"] + sorted(files)
+
+
+def fetch_for_patch(source: ModelSource, manifest: Manifest) -> ModelSource:
+    """Download an unfetched Hub source for patching with `manifest`: remote digests first, only the needed files.
+
+    Raises:
+        IntegrityError: as `check_remote_files`.
+        NotFoundError, OfflineError: as `source.resolve_model`.
+    """
+    from pearzoo.source import _hub
+
+    if source.fetched:
+        return source
+    check_remote_files(source, manifest)
+    return _hub(source.model_id, source.revision, allow_patterns=fetch_patterns(manifest))
 
 
 def resolve_manifest(
@@ -118,7 +249,10 @@ def _registry_match(source: ModelSource, registry: str | Path | None) -> tuple[s
 
 
 def model_config(source: ModelSource) -> dict[str, Any]:
-    """The model's `config.json` as a dict (GGUF: the config transformers derives from the file)."""
+    """The model's `config.json` as a dict (GGUF: the config transformers derives from the file; an unfetched Hub
+    model: its config.json alone is downloaded)."""
+    if not source.fetched:
+        return _hub_config(source)
     if source.gguf_file:
         from pearzoo.source import load_config
 
@@ -128,6 +262,16 @@ def model_config(source: ModelSource) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise NotFoundError(f"{source.path}: no config.json", path=str(path)) from exc
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: not a readable JSON config", path=str(path)) from exc
+
+
+def _hub_config(source: ModelSource) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download
+
+    path = _hub_call(source.model_id, source.revision, lambda _: hf_hub_download(source.model_id, "config.json", revision=source.revision))
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: not a readable JSON config", path=str(path)) from exc
 
@@ -169,4 +313,31 @@ def _weights_form(base: Base) -> str:
 def _source_form(source: ModelSource) -> str:
     if source.gguf_file:
         return f"the GGUF {source.gguf_file}"
+    if not source.fetched:
+        return "its safetensors weights"  # what a patch would download (HUB_ALLOW_PATTERNS)
     return "its safetensors weights" if any(source.path.glob("*.safetensors")) else "its pytorch weights"
+
+
+def manifest_file(ref: str | Path, registry: str | Path | None = None) -> Path:
+    """A manifest file for `ref`: `ref` itself when it is a file (or names a .json), else the newest manifest of
+    the model the registry lists under that name (`pearzoo list`; a built-in name maps to its Hub id): the local
+    registry's own file, or a verified copy of an HTTP registry's under PEARZOO_HOME/manifests.
+
+    Raises:
+        NotFoundError: no such file, and no registry entry under that name.
+    """
+    from pearzoo import settings
+    from pearzoo.manifest.io import write_manifest
+    from pearzoo.registry import open_registry
+    from pearzoo.registry.local import LocalRegistry
+    from pearzoo.source import registry_name
+
+    path = Path(ref).expanduser()
+    if path.is_file() or path.suffix.lower() == ".json" or path.is_dir():
+        return path
+    reg = open_registry(registry)
+    details = reg.show(registry_name(str(ref)))
+    entry = next(e for e in details.versions if e.digest == details.manifest.digest)
+    if isinstance(reg, LocalRegistry):
+        return reg.root / entry.path
+    return write_manifest(details.manifest, settings.home() / "manifests" / f"{entry.digest}.json")

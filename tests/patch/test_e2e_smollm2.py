@@ -107,7 +107,7 @@ def test_shipped_manifest_over_http_patches_its_gguf_and_no_hub_weights(smollm2,
 
     def patch(model: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "pearzoo", "patch", model, "--registry", url + "registry", "--out", str(out), "--json"],
+            [sys.executable, "-m", "pearzoo", "patch", model, "--registry", url + "registry", "--out", str(out), "--format", "safetensors", "--json"],
             capture_output=True, text=True, timeout=300, env=os.environ,
         )  # fmt: skip
 

@@ -29,7 +29,7 @@ def test_gguf_patch_matches_runtime_hooks(smollm2, tmp_path):
         recipe_id="rope/smollm2-135m", base_format="gguf", file=ctx.source.gguf_file,
     )  # fmt: skip
     out = tmp_path / "out"
-    result = patch_model(PatchOptions(model="smollm2-135m-instruct", manifest=write_json(doc, tmp_path / "m.json"), out=out))
+    result = patch_model(PatchOptions(model="smollm2-135m-instruct", manifest=write_json(doc, tmp_path / "m.json"), out=out, format="safetensors"))
     assert result.source == "builtin" and result.tensors == sorted(names)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]  # the stage is gone
     assert not list(out.glob("*.gguf")) and (out / "tokenizer.json").is_file()

@@ -1,0 +1,540 @@
+"""GGUF in -> GGUF out: fold a manifest into a GGUF file's output projections and keep every other byte.
+
+ggml contracts a weight over its first dimension (ne0), so in every GGUF the output projection's input
+features run along each stored row, whatever the architecture (GPT-2's Conv1D weights are stored
+transposed to that form; transformers transposes them back on load). Head h owns elements
+`h*head_dim .. (h+1)*head_dim` of every row; llama's Q/K row permutation does not touch `attn_output`.
+How a head's slice is scaled depends on the tensor's type:
+
+- F32, F16, BF16: the values themselves, as `patch.fold.fold_weight_` scales them (float32 product, one
+  rounding to the stored type).
+- Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 when head_dim is a multiple of 32: every block of 32 lies inside one head,
+  and its value is d*q (+ m), so scaling the block's fp16 scale d (and min m) by tau scales the block
+  exactly, up to the fp16 rounding of the new d and m. The quants are not touched.
+- any other type gguf-py can quantize: the blocks that hold a scaled element are dequantized, scaled and
+  re-quantized (only those blocks; the rest of the tensor keeps its bytes). Types gguf-py cannot quantize
+  (the K-quants, the IQ types) are refused, naming the type: their super-block scales span several heads.
+
+The file is rewritten byte for byte: header, every original key/value pair, pearzoo's provenance keys
+(`pearzoo.*`) after them, the tensor infos (their data offsets are relative to the data section, so they
+do not change), then the data section with only the folded tensors' bytes replaced. The base binding is
+the manifest's: its tensors are the GGUF's dequantized as transformers loads them (`hf_tensor`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pearzoo.errors import DiskSpaceError, IntegrityError, InvalidInputError
+
+MANIFEST_KEY = "pearzoo.manifest"
+KEY_PREFIX = "pearzoo."
+TEMP_PREFIX = ".pearzoo-patch-"
+COPY_CHUNK = 16 * 2**20
+_TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-.*\.gguf$")
+_STRING = 8  # GGUFValueType.STRING
+_HEADER = 24  # magic, version (u32), tensor count, kv count (u64): GGUF v2 and v3
+
+ProgressFactory = Callable[[str, int], Any]
+
+
+@dataclass(frozen=True)
+class FoldedTensor:
+    """One folded tensor: its transformers and GGUF names, its GGUF type, and how it was folded."""
+
+    name: str
+    gguf_name: str
+    qtype: str
+    method: str  # "scale" (block scales), "float" (values), "requantize" (touched blocks)
+    coefficients: dict[int, float]
+
+
+@dataclass(frozen=True)
+class GGUFPatch:
+    tensors: list[FoldedTensor]
+    out: Path | None
+    bytes_written: int
+
+
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ne0 first, as GGUF stores it
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    data_offset: int  # absolute, in the file
+    n_bytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class GGUFLayout:
+    """What pearzoo needs of a GGUF header, read in one pass without decoding the values (gguf-py's reader
+    builds a numpy view per token string: seconds for a 49k-token vocabulary, read here in milliseconds)."""
+
+    path: Path
+    kv_count: int
+    kv_end: int
+    info_end: int
+    alignment: int
+    data_offset: int
+    strings: dict[str, str]  # the string-valued keys
+    tensors: list[TensorInfo]
+    data: Any  # np.memmap of the whole file, uint8
+
+    def tensor_data(self, t: TensorInfo) -> np.ndarray:
+        """The tensor's bytes as gguf-py's reader and `dequantize` shape them: dims reversed (numpy order),
+        the last one in raw bytes (uint8)."""
+        from gguf import GGML_QUANT_SIZES
+
+        block, size = GGML_QUANT_SIZES[t.tensor_type]
+        dims = tuple(reversed(t.shape[1:])) + (t.shape[0] // block * size,)
+        return np.asarray(self.data[t.data_offset : t.data_offset + t.n_bytes]).reshape(dims)
+
+
+def open_gguf(path: Path) -> GGUFLayout:
+    """The header of a GGUF file (v2 or v3, little-endian), its tensor infos and a read-only map of its data.
+
+    Raises:
+        InvalidInputError: not a GGUF file, a truncated or malformed header, a big-endian file (refused: the
+            byte-level rewrite assumes little-endian), or a tensor type gguf-py does not know.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(f"{path}: not a readable GGUF file ({why})", path=str(path))
+
+    try:
+        data = np.memmap(path, mode="r", dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise bad(type(exc).__name__) from exc
+    buf = memoryview(data)
+    try:
+        if bytes(buf[:4]) != b"GGUF":
+            raise bad("no GGUF magic")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version not in (2, 3):
+            raise bad(f"version {version}" + (", big-endian" if version > 0xFFFF else ""))
+        off = _HEADER
+        strings: dict[str, str] = {}
+        alignment = 32
+        for _ in range(n_kv):
+            key, off = _read_str(buf, off)
+            (vtype,) = struct.unpack_from("<I", buf, off)
+            off += 4
+            if vtype == _STRING:
+                value, off = _read_str(buf, off)
+                strings[key] = value
+            elif vtype == 9:
+                etype, count = struct.unpack_from("<IQ", buf, off)
+                off += 12
+                if etype == _STRING:
+                    for _ in range(count):
+                        (n,) = struct.unpack_from("<Q", buf, off)
+                        off += 8 + n
+                elif etype in _SCALAR:
+                    off += _SCALAR[etype] * count
+                else:
+                    raise bad(f"array of value type {etype} in {key}")
+            elif vtype in _SCALAR:
+                if key == "general.alignment" and vtype == 4:
+                    (alignment,) = struct.unpack_from("<I", buf, off)
+                off += _SCALAR[vtype]
+            else:
+                raise bad(f"value type {vtype} in {key}")
+        kv_end = off
+        infos = []
+        for _ in range(n_tensors):
+            name, off = _read_str(buf, off)
+            (n_dims,) = struct.unpack_from("<I", buf, off)
+            shape = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
+            off += 4 + 8 * n_dims
+            qtype, rel = struct.unpack_from("<IQ", buf, off)
+            off += 12
+            infos.append((name, tuple(int(d) for d in shape), qtype, rel))
+    except struct.error as exc:
+        raise bad("truncated header") from exc
+    if alignment == 0 or alignment & (alignment - 1):
+        raise bad(f"alignment {alignment}")
+    data_offset = off + (-off % alignment)
+    tensors = []
+    for name, shape, qtype, rel in infos:
+        try:
+            t = GGMLQuantizationType(qtype)
+        except ValueError as exc:
+            raise bad(f"tensor {name} has unknown type {qtype}") from exc
+        block, size = GGML_QUANT_SIZES[t]
+        n = int(np.prod(shape))
+        if not shape or shape[0] % block:
+            raise bad(f"tensor {name}: {shape[0] if shape else 0} elements per row is not a multiple of {t.name}'s block of {block}")
+        tensors.append(TensorInfo(name, shape, t, data_offset + rel, n // block * size))
+        if data_offset + rel + n // block * size > len(data):
+            raise bad(f"tensor {name} runs past the end of the file")
+    return GGUFLayout(path, n_kv, kv_end, off, alignment, data_offset, strings, tensors, data)
+
+
+def _read_str(buf: memoryview, off: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<Q", buf, off)
+    if off + 8 + n > len(buf):
+        raise struct.error("string past the end")
+    return bytes(buf[off + 8 : off + 8 + n]).decode("utf-8", "replace"), off + 8 + n
+
+
+def stamped_manifest(reader: GGUFLayout) -> str | None:
+    """The manifest digest a pearzoo-patched GGUF carries ("?" for other `pearzoo.*` keys), or None."""
+    if MANIFEST_KEY in reader.strings:
+        return reader.strings[MANIFEST_KEY]
+    return "?" if any(k.startswith(KEY_PREFIX) for k in reader.strings) else None
+
+
+def check_not_patched(path: Path) -> None:
+    """Refuse a GGUF that pearzoo already patched (a second fold would multiply the coefficients).
+
+    Raises:
+        IntegrityError: the file carries `pearzoo.*` metadata.
+    """
+    digest = stamped_manifest(open_gguf(path))
+    if digest is not None:
+        raise IntegrityError(f"{path} is already patched by pearzoo (manifest {digest[:12]}); patch the base model instead", path=str(path))
+
+
+def _arch(reader: GGUFLayout) -> str:
+    arch = reader.strings.get("general.architecture")
+    if arch is None:
+        raise InvalidInputError(f"{reader.path}: GGUF file has no general.architecture", path=str(reader.path))
+    return arch
+
+
+def gguf_names(reader: GGUFLayout, names: list[str], num_layers: int) -> dict[str, str]:
+    """transformers tensor name -> GGUF tensor name, through gguf-py's tensor map (as transformers' loader maps
+    them). Names the map does not know are left out."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+
+    arch = _arch(reader)
+    key = next((k for k, v in MODEL_ARCH_NAMES.items() if v == arch), None)
+    if key is None:
+        raise InvalidInputError(f"GGUF architecture '{arch}' is unknown to gguf-py")
+    name_map = get_tensor_name_map(key, num_layers)
+    found = {}
+    for name in names:
+        module, _, suffix = name.rpartition(".")
+        # transformers maps submodules too (BLOOM's GGUF names come from BloomModel, without `transformer.`).
+        candidates = [module, module.split(".", 1)[-1]]
+        mapped = next((m for m in (name_map.get_name(c) for c in candidates) if m), None)
+        if mapped is not None:
+            found[name] = f"{mapped}.{suffix}"
+    return found
+
+
+def hf_tensor(reader: Any, tensor: Any, dtype: Any, config: Mapping[str, Any]) -> Any:
+    """A GGUF tensor as transformers' GGUF loader gives it: gguf-py's `dequantize`, then transformers' own
+    per-architecture tensor processor (e.g. GPT-2's transpose), then `dtype`."""
+    import torch
+    from gguf import dequantize
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+    processor = TENSOR_PROCESSORS.get(_arch(reader), TensorProcessor)(config=dict(config))
+    weights = dequantize(reader.tensor_data(tensor), tensor.tensor_type)
+    result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping={}, parsed_parameters={"tensors": {}})
+    return torch.from_numpy(np.copy(result.weights)).to(dtype)
+
+
+def _exact_types() -> dict[Any, bool]:
+    from gguf import GGMLQuantizationType as T
+
+    return {T.Q8_0: False, T.Q4_0: False, T.Q5_0: False, T.Q4_1: True, T.Q5_1: True}  # type -> has a min
+
+
+def _float_types() -> dict[Any, Any]:
+    import torch
+    from gguf import GGMLQuantizationType as T
+
+    return {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
+
+
+def _can_quantize(qtype: Any, block: int) -> bool:
+    from gguf import quantize
+
+    try:
+        quantize(np.zeros((1, block), dtype=np.float32), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def fold_tensor_bytes(reader: Any, tensor: Any, coefficients: Mapping[int, float], head_dim: int) -> tuple[bytes, str]:
+    """The folded bytes of one GGUF tensor (same size and type) and the method used (see the module doc).
+
+    Raises:
+        InvalidInputError: a head outside the tensor, a non-finite coefficient, a scale that overflows fp16,
+            or a type that cannot be folded.
+    """
+    from gguf import GGML_QUANT_SIZES
+
+    from pearzoo.patch.fold import fold_weight_
+    from pearzoo.recipe.schema import Layout
+
+    qtype = tensor.tensor_type
+    n_in = int(tensor.shape[0])
+    rows = int(tensor.n_elements) // n_in
+    num_heads = n_in // head_dim
+    for head, tau in coefficients.items():
+        if not 0 <= head < num_heads:
+            raise InvalidInputError(f"{tensor.name}: head {head} out of range (the tensor holds {num_heads} heads of {head_dim})", field="head")
+        if not np.isfinite(tau):
+            raise InvalidInputError(f"coefficient for head {head} is not finite ({tau})", field="coefficient")
+    scaled = {h: float(t) for h, t in coefficients.items() if float(t) != 1.0}
+    raw = np.array(reader.data[tensor.data_offset : tensor.data_offset + tensor.n_bytes], dtype=np.uint8)
+    floats = _float_types()
+    if qtype in floats:
+        import torch
+
+        weight = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8).view(floats[qtype]).reshape(rows, n_in)
+        return fold_weight_(weight, scaled, head_dim, Layout.columns).view(torch.uint8).numpy().tobytes(), "float"
+    block, size = GGML_QUANT_SIZES[qtype]
+    blocks = raw.reshape(rows, n_in // block, size)
+    factor = np.ones(n_in, dtype=np.float32)
+    for head, tau in scaled.items():
+        factor[head * head_dim : (head + 1) * head_dim] = np.float32(tau)
+    per_block = factor.reshape(-1, block)
+    cols = np.flatnonzero((per_block != 1.0).any(axis=1))
+    exact = _exact_types()
+    if qtype in exact and head_dim % block == 0:
+        # Each touched block lies inside one head: its coefficient is per_block[col, 0].
+        taus = per_block[cols, 0]
+        fields = 2 if exact[qtype] else 1  # d, then m for the _1 types: fp16 each, at the start of the block
+        for k in range(fields):
+            half = np.ascontiguousarray(blocks[:, cols, 2 * k : 2 * k + 2]).view("<f2")[..., 0]
+            new = (half.astype(np.float32) * taus).astype("<f2")
+            if not np.isfinite(new).all():
+                raise InvalidInputError(f"{tensor.name}: a scaled block scale overflows fp16 (coefficient too large)", tensor=tensor.name)
+            blocks[:, cols, 2 * k : 2 * k + 2] = new[..., None].view(np.uint8).reshape(rows, len(cols), 2)
+        return blocks.tobytes(), "scale"
+    if not _can_quantize(qtype, block):
+        raise InvalidInputError(
+            f"{tensor.name}: GGUF type {qtype.name} cannot be folded (its blocks of {block} span heads of {head_dim} "
+            f"and gguf-py cannot re-quantize {qtype.name}); use a Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/F16/F32 file or --format safetensors",
+            tensor=tensor.name,
+        )
+    from gguf import dequantize, quantize
+
+    if len(cols):
+        touched = np.ascontiguousarray(blocks[:, cols, :]).reshape(rows * len(cols), size)
+        values = dequantize(touched, qtype).reshape(rows, len(cols), block) * per_block[cols]
+        blocks[:, cols, :] = quantize(values.reshape(rows * len(cols), block).astype(np.float32), qtype).reshape(rows, len(cols), size)
+    return blocks.tobytes(), "requantize"
+
+
+def _kv_string(key: str, value: str) -> bytes:
+    k, v = key.encode("utf-8"), value.encode("utf-8")
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", _STRING) + struct.pack("<Q", len(v)) + v
+
+
+def write_gguf(
+    reader: Any,
+    src: Path,
+    out: Path,
+    replaced: Mapping[str, bytes],
+    metadata: Mapping[str, str],
+    *,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+) -> int:
+    """Write `src` to `out` with `replaced` tensors' bytes and `metadata` string keys added; atomic.
+
+    Returns the bytes written.
+
+    Raises:
+        DiskSpaceError: not enough space (nothing is left behind).
+        InvalidInputError: `out` exists and `force` is false.
+    """
+    kv_count, kv_end, info_end = reader.kv_count, reader.kv_end, reader.info_end
+    added = b"".join(_kv_string(k, v) for k, v in metadata.items())
+    with open(src, "rb") as fh:
+        head = fh.read(info_end)
+    header = bytearray(head[:16] + struct.pack("<Q", kv_count + len(metadata)) + head[_HEADER:kv_end] + added + head[kv_end:info_end])
+    header += b"\0" * (-len(header) % reader.alignment)
+    data_start = reader.data_offset
+    total = os.path.getsize(src) - data_start
+    spans = sorted((t.data_offset - data_start, t.n_bytes, replaced[t.name]) for t in reader.tensors if t.name in replaced)
+    for _, n, new in spans:
+        if len(new) != n:
+            raise AssertionError("a folded tensor changed size")  # a bug: fold_tensor_bytes keeps the size
+    size = len(header) + total
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(out.parent)
+    if shutil.disk_usage(out.parent).free < size:
+        raise DiskSpaceError(f"{out.parent}: {size} bytes needed for {out.name}, {shutil.disk_usage(out.parent).free} free", path=str(out))
+    tmp = out.parent / f"{TEMP_PREFIX}{os.getpid()}-{out.name}"
+    bar = progress(f"writing {out.name}", size) if progress else None
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            fout.write(header)
+            fin.seek(data_start)
+            pos = 0
+            for offset, n, new in spans + [(total, 0, b"")]:
+                _copy(fin, fout, offset - pos, bar)
+                fout.write(new)
+                fin.seek(n, os.SEEK_CUR)
+                pos = offset + n
+                if bar and new:
+                    bar.update(len(new))
+            fout.flush()
+            os.fsync(fout.fileno())
+        if out.exists() and not force:
+            raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
+        os.replace(tmp, out)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise DiskSpaceError(f"{out.parent}: no space left while writing {out.name}", path=str(out)) from exc
+        raise
+    finally:
+        if bar:
+            bar.close()
+        if tmp.exists():
+            tmp.unlink()
+    return size
+
+
+def _copy(fin: Any, fout: Any, n: int, bar: Any) -> None:
+    while n > 0:
+        chunk = fin.read(min(COPY_CHUNK, n))
+        if not chunk:
+            raise InvalidInputError(f"{fin.name}: truncated GGUF file (tensor data ends early)", path=str(fin.name))
+        fout.write(chunk)
+        n -= len(chunk)
+        if bar:
+            bar.update(len(chunk))
+
+
+def clean_stale_temp_files(parent: Path) -> None:
+    """Remove GGUF temp files in `parent` left by patch runs whose process is gone (killed mid-write)."""
+    from pearzoo.patch.write import _alive
+
+    for child in parent.iterdir():
+        m = _TEMP_RE.match(child.name)
+        if m and child.is_file() and not child.is_symlink() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            child.unlink(missing_ok=True)
+
+
+def provenance(manifest: Any) -> dict[str, str]:
+    """The `pearzoo.*` string keys a patched GGUF carries: what was applied, by which pearzoo, and the manifest."""
+    from pearzoo import __version__
+    from pearzoo.manifest.io import manifest_json
+
+    return {
+        "pearzoo.version": __version__,
+        MANIFEST_KEY: manifest.digest,
+        "pearzoo.base_model": manifest.base.model_id,
+        "pearzoo.recipe": f"{manifest.recipe.id} {manifest.recipe.version}",
+        "pearzoo.heads": " ".join(f"{h.layer}.{h.head}={h.coefficient!r}" for h in manifest.heads),
+        "pearzoo.manifest_json": manifest_json(manifest),
+    }
+
+
+def gguf_target(out: Path | None, src: Path, *, dry_run: bool, force: bool) -> Path:
+    """The output file: `--out`, or `<source stem>-pear.gguf` in the working directory.
+
+    Raises:
+        InvalidInputError: the output is the source, a directory, or exists without `force`.
+    """
+    target = (out or Path.cwd() / f"{src.stem}-pear.gguf").expanduser().absolute()
+    if target.resolve() == src.resolve():
+        raise InvalidInputError(f"--out {target} is the source model; choose another file", path=str(target))
+    if target.is_dir():
+        raise InvalidInputError(f"--out {target} is a directory; --format gguf writes one .gguf file", path=str(target))
+    if not dry_run and not force and (target.exists() or target.is_symlink()):
+        raise InvalidInputError(f"{target} already exists", hint="pass --force to replace it, or choose --out", path=str(target))
+    return target
+
+
+def patch_gguf(
+    src: Path,
+    manifest: Any,
+    *,
+    out: Path,
+    model_id: str,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+) -> GGUFPatch:
+    """Verify `src` against the manifest's base and write the folded GGUF to `out`.
+
+    Raises:
+        IntegrityError: already patched; not the manifest's base (naming the tensor); another model type
+            or head geometry.
+        InvalidInputError: a type that cannot be folded; an unreadable file.
+    """
+    from pearzoo.binding import verify_base
+    from pearzoo.heads import geometry_from_config
+    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.shards import digest_of
+    from pearzoo.source import ModelSource, dtype_from_name, load_config
+
+    reader = open_gguf(src)
+    digest = stamped_manifest(reader)
+    if digest is not None:
+        raise IntegrityError(f"{src} is already patched by pearzoo (manifest {digest[:12]}); patch the base model instead", path=str(src))
+    base = manifest.base
+    config = load_config(ModelSource(kind="gguf", path=src.parent, model_id=model_id, gguf_file=src.name)).to_dict()
+    if config.get("model_type") != base.model_type:
+        raise IntegrityError(f"{src} is a '{config.get('model_type')}' model; the manifest is for a '{base.model_type}' model", path=str(src))
+    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
+    geometry = geometry_from_config(recipe.heads, config)
+    g = base.geometry
+    if (geometry.num_layers, geometry.num_heads, geometry.head_dim) != (g.num_layers, g.num_heads, g.head_dim):
+        raise IntegrityError(
+            f"{src}: head geometry {geometry.num_layers}x{geometry.num_heads}x{geometry.head_dim} "
+            f"is not the manifest's {g.num_layers}x{g.num_heads}x{g.head_dim}",
+            path=str(src),
+        )
+    by_layer: dict[int, dict[int, float]] = defaultdict(dict)
+    for h in manifest.heads:
+        by_layer[h.layer][h.head] = h.coefficient
+    folded_names = {geometry.tensor_name(layer): layer for layer in by_layer}
+    for name in folded_names:
+        if name not in base.tensors:
+            raise IntegrityError(f"the manifest does not bind tensor {name} (no digest in base.tensors)", tensor=name)
+    mapping = gguf_names(reader, sorted(base.tensors), geometry.num_layers)
+    tensors = {t.name: t for t in reader.tensors}
+    dtype = dtype_from_name(base.dtype)
+    actual = {
+        name: digest_of(name, hf_tensor(reader, tensors[gname], dtype, config))
+        for name, gname in mapping.items()
+        if gname in tensors
+    }
+    verify_base(base.tensors, actual, model_id)
+    folds: list[FoldedTensor] = []
+    replaced: dict[str, bytes] = {}
+    for name, layer in sorted(folded_names.items(), key=lambda kv: kv[1]):
+        tensor = tensors[mapping[name]]
+        data, method = fold_tensor_bytes(reader, tensor, by_layer[layer], geometry.head_dim)
+        replaced[tensor.name] = data
+        folds.append(FoldedTensor(name, tensor.name, tensor.tensor_type.name, method, dict(by_layer[layer])))
+    if dry_run:
+        return GGUFPatch(folds, None, 0)
+    written = write_gguf(reader, src, out, replaced, provenance(manifest), force=force, progress=progress)
+    return GGUFPatch(folds, out, written)
+
+
+def require_gguf_source(gguf_file: str | None, requested: str) -> None:
+    if not gguf_file:
+        raise InvalidInputError(f"--format gguf needs a GGUF source; {requested} is not one", hint="use --format safetensors")
+
+
+__all__ = ["FoldedTensor", "GGUFPatch", "check_not_patched", "fold_tensor_bytes", "gguf_target", "open_gguf", "patch_gguf", "write_gguf"]
