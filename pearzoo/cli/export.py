@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pearzoo.cli._options import allow_pickle_option, model_option, revision_option
 from pearzoo.cli._output import Output, json_option
 from pearzoo.cli.registry import registry_option
 
@@ -14,9 +15,9 @@ from pearzoo.cli.registry import registry_option
 @click.argument("manifest")
 @click.option("--format", "format_", type=click.Choice(["peft"]), default="peft", show_default=True, help="peft: an IA3 adapter folder for PeftModel.from_pretrained.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (written to a temp folder, then renamed).")
-@click.option("--model", default=None, help="Check this model is the manifest's base first (as patch --dry-run), and name it in adapter_config.json.")
-@click.option("--revision", default=None, help="Hub revision of --model.")
-@click.option("--allow-pickle", is_flag=True, help="Allow .bin/.pt weights for --model (they can run code when loaded).")
+@model_option(required=False, help="Check this model is the manifest's base first (as patch --dry-run), and name it in adapter_config.json.")
+@revision_option(help="Hub revision of --model.")
+@allow_pickle_option(help="Allow .bin/.pt weights for --model (they can run code when loaded).")
 @registry_option
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @json_option
