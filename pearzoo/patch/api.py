@@ -149,13 +149,30 @@ def patch_model(
     if options.format == "gguf" or (options.format == "auto" and source.gguf_file):
         from pearzoo.formats.patch import patch_to_gguf
 
-        done = patch_to_gguf(options, source, manifest, progress=progress, start=start)
+        done, signature = patch_to_gguf(options, source, manifest, progress=progress)
         if manifest.base.files is None and notify:
             notify(
                 f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
                 f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
             )
-        return done.model_copy(update={"signed_by": signed_by})
+        return PatchResult(
+            model_id=source.model_id,
+            requested=options.model,
+            revision=source.revision,
+            source=source.kind,
+            manifest=manifest.digest,
+            recipe=f"{manifest.recipe.id} {manifest.recipe.version}",
+            heads=[PatchedHead(layer=h.layer, head=h.head, coefficient=h.coefficient) for h in manifest.heads],
+            tensors=sorted(t.name for t in done.tensors),
+            shards=1,
+            out=str(done.out) if done.out else None,
+            dry_run=options.dry_run,
+            bytes_written=done.bytes_written,
+            seconds=round(time.perf_counter() - start, 3),
+            format="gguf",
+            signed_by=signed_by,
+            output_signature=str(signature) if signature else None,
+        )
     finish = (lambda folder: sign_output(folder, options.sign_key)) if options.sign_key else None  # noqa: E731
     if not source.fetched:
         from pearzoo.manifest.recorded import recorded_recipe

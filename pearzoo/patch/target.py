@@ -51,7 +51,7 @@ def written_by_pearzoo(folder: Path) -> bool:
 def stamped_gguf(path: Path) -> bool:
     """Whether `path` is a GGUF file pearzoo patched: its header carries the `pearzoo.manifest` key."""
     from pearzoo.errors import PearzooError
-    from pearzoo.formats.gguf import MANIFEST_KEY, open_gguf
+    from pearzoo.formats.gguf_header import MANIFEST_KEY, open_gguf
 
     try:
         return MANIFEST_KEY in open_gguf(path).strings
