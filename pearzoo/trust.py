@@ -118,3 +118,31 @@ def sign_output(folder: Path, sign_key: Path) -> str:
     from pearzoo.signing import FOLDER_SIGNATURE, sign_path
 
     return sign_path(folder, sign_key, folder / FOLDER_SIGNATURE)
+
+
+def sign_file(path: Path, sign_key: Path, signature: Path, *, name: str, scratch: Path) -> str:
+    """Sign one finished output file (a GGUF) still at its temp `path`, as if it were named `name`.
+
+    model_signing records a file's name in the signed statement (and checks only its bytes), so the temp file is
+    hard-linked as `scratch/name` (a folder beside it: the same filesystem) and signed there; where links are
+    not allowed it is signed under its temp name. The stock `model_signing verify key --signature SIG FILE`
+    checks it.
+
+    Returns:
+        `str`: the signing key's fingerprint.
+    """
+    import os
+    import shutil
+
+    from pearzoo.signing import sign_path
+
+    scratch.mkdir()
+    try:
+        target = scratch / name
+        try:
+            os.link(path, target)
+        except OSError:
+            target = path
+        return sign_path(target, sign_key, signature)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -23,8 +23,8 @@ the manifest's: its tensors are the GGUF's dequantized as transformers loads the
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
 import shutil
 import struct
 from collections import defaultdict
@@ -36,14 +36,9 @@ from typing import Any
 import numpy as np
 
 from pearzoo.errors import DiskSpaceError, IntegrityError, InvalidInputError
+from pearzoo.formats.gguf_header import _HEADER, _STRING, KEY_PREFIX, MANIFEST_KEY, GGUFLayout, TensorInfo, open_gguf, stamped_manifest
 
-MANIFEST_KEY = "pearzoo.manifest"
-KEY_PREFIX = "pearzoo."
-TEMP_PREFIX = ".pearzoo-patch-"
 COPY_CHUNK = 16 * 2**20
-_TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-.*\.gguf$")
-_STRING = 8  # GGUFValueType.STRING
-_HEADER = 24  # magic, version (u32), tensor count, kv count (u64): GGUF v2 and v3
 
 ProgressFactory = Callable[[str, int], Any]
 
@@ -64,142 +59,6 @@ class GGUFPatch:
     tensors: list[FoldedTensor]
     out: Path | None
     bytes_written: int
-
-
-_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]  # ne0 first, as GGUF stores it
-    tensor_type: Any  # gguf.GGMLQuantizationType
-    data_offset: int  # absolute, in the file
-    n_bytes: int
-
-    @property
-    def n_elements(self) -> int:
-        return int(np.prod(self.shape))
-
-
-@dataclass
-class GGUFLayout:
-    """What pearzoo needs of a GGUF header, read in one pass without decoding the values (gguf-py's reader
-    builds a numpy view per token string: seconds for a 49k-token vocabulary, read here in milliseconds)."""
-
-    path: Path
-    kv_count: int
-    kv_end: int
-    info_end: int
-    alignment: int
-    data_offset: int
-    strings: dict[str, str]  # the string-valued keys
-    tensors: list[TensorInfo]
-    data: Any  # np.memmap of the whole file, uint8
-
-    def tensor_data(self, t: TensorInfo) -> np.ndarray:
-        """The tensor's bytes as gguf-py's reader and `dequantize` shape them: dims reversed (numpy order),
-        the last one in raw bytes (uint8)."""
-        from gguf import GGML_QUANT_SIZES
-
-        block, size = GGML_QUANT_SIZES[t.tensor_type]
-        dims = tuple(reversed(t.shape[1:])) + (t.shape[0] // block * size,)
-        return np.asarray(self.data[t.data_offset : t.data_offset + t.n_bytes]).reshape(dims)
-
-
-def open_gguf(path: Path) -> GGUFLayout:
-    """The header of a GGUF file (v2 or v3, little-endian), its tensor infos and a read-only map of its data.
-
-    Raises:
-        InvalidInputError: not a GGUF file, a truncated or malformed header, a big-endian file (refused: the
-            byte-level rewrite assumes little-endian), or a tensor type gguf-py does not know.
-    """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    def bad(why: str) -> InvalidInputError:
-        return InvalidInputError(f"{path}: not a readable GGUF file ({why})", path=str(path))
-
-    try:
-        data = np.memmap(path, mode="r", dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise bad(type(exc).__name__) from exc
-    buf = memoryview(data)
-    try:
-        if bytes(buf[:4]) != b"GGUF":
-            raise bad("no GGUF magic")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            raise bad(f"version {version}" + (", big-endian" if version > 0xFFFF else ""))
-        off = _HEADER
-        strings: dict[str, str] = {}
-        alignment = 32
-        for _ in range(n_kv):
-            key, off = _read_str(buf, off)
-            (vtype,) = struct.unpack_from("<I", buf, off)
-            off += 4
-            if vtype == _STRING:
-                value, off = _read_str(buf, off)
-                strings[key] = value
-            elif vtype == 9:
-                etype, count = struct.unpack_from("<IQ", buf, off)
-                off += 12
-                if etype == _STRING:
-                    for _ in range(count):
-                        (n,) = struct.unpack_from("<Q", buf, off)
-                        off += 8 + n
-                elif etype in _SCALAR:
-                    off += _SCALAR[etype] * count
-                else:
-                    raise bad(f"array of value type {etype} in {key}")
-            elif vtype in _SCALAR:
-                if key == "general.alignment" and vtype == 4:
-                    (alignment,) = struct.unpack_from("<I", buf, off)
-                off += _SCALAR[vtype]
-            else:
-                raise bad(f"value type {vtype} in {key}")
-        kv_end = off
-        infos = []
-        for _ in range(n_tensors):
-            name, off = _read_str(buf, off)
-            (n_dims,) = struct.unpack_from("<I", buf, off)
-            shape = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
-            off += 4 + 8 * n_dims
-            qtype, rel = struct.unpack_from("<IQ", buf, off)
-            off += 12
-            infos.append((name, tuple(int(d) for d in shape), qtype, rel))
-    except struct.error as exc:
-        raise bad("truncated header") from exc
-    if alignment == 0 or alignment & (alignment - 1):
-        raise bad(f"alignment {alignment}")
-    data_offset = off + (-off % alignment)
-    tensors = []
-    for name, shape, qtype, rel in infos:
-        try:
-            t = GGMLQuantizationType(qtype)
-        except ValueError as exc:
-            raise bad(f"tensor {name} has unknown type {qtype}") from exc
-        block, size = GGML_QUANT_SIZES[t]
-        n = int(np.prod(shape))
-        if not shape or shape[0] % block:
-            raise bad(f"tensor {name}: {shape[0] if shape else 0} elements per row is not a multiple of {t.name}'s block of {block}")
-        tensors.append(TensorInfo(name, shape, t, data_offset + rel, n // block * size))
-        if data_offset + rel + n // block * size > len(data):
-            raise bad(f"tensor {name} runs past the end of the file")
-    return GGUFLayout(path, n_kv, kv_end, off, alignment, data_offset, strings, tensors, data)
-
-
-def _read_str(buf: memoryview, off: int) -> tuple[str, int]:
-    (n,) = struct.unpack_from("<Q", buf, off)
-    if off + 8 + n > len(buf):
-        raise struct.error("string past the end")
-    return bytes(buf[off + 8 : off + 8 + n]).decode("utf-8", "replace"), off + 8 + n
-
-
-def stamped_manifest(reader: GGUFLayout) -> str | None:
-    """The manifest digest a pearzoo-patched GGUF carries ("?" for other `pearzoo.*` keys), or None."""
-    if MANIFEST_KEY in reader.strings:
-        return reader.strings[MANIFEST_KEY]
-    return "?" if any(k.startswith(KEY_PREFIX) for k in reader.strings) else None
 
 
 def check_not_patched(path: Path) -> None:
@@ -354,82 +213,117 @@ def write_gguf(
     *,
     force: bool = False,
     progress: ProgressFactory | None = None,
+    originals: Mapping[str, str] | None = None,
+    bound: tuple[str, str] | None = None,
+    who: str | None = None,
+    sign_key: Path | None = None,
 ) -> int:
     """Write `src` to `out` with `replaced` tensors' bytes and `metadata` string keys added; atomic.
+
+    The source is read once, sequentially from offset 0, into a temp file beside `out` that this run's lock
+    claims (`patch.target.RunTemp`). Every byte read is hashed when `bound` (file name, sha256: a schema-2
+    manifest's `base.files` entry) is given, and a mismatch is refused before the final rename; the bytes of
+    each folded tensor must also hash to `originals` (their sha256 when they were folded), so a file changed
+    between the fold and the copy is refused either way. With `sign_key` the finished temp file is signed
+    (`trust.sign_file`) before the rename and its signature renamed to `<out>.sig` right after the GGUF.
+    `out` is replaced only as `patch.target.check_out` allows (a GGUF pearzoo stamped, under `force`).
 
     Returns the bytes written.
 
     Raises:
-        DiskSpaceError: not enough space (nothing is left behind).
-        InvalidInputError: `out` exists and `force` is false.
+        IntegrityError: the source is not the bound file (exit 5), or changed or grew while it was copied.
+        InvalidInputError: the source is truncated; `out` exists and may not be replaced.
+        ResourceError: the output cannot be written (DiskSpaceError: no space); nothing is left behind.
     """
+    from pearzoo.binding import file_mismatch
+    from pearzoo.patch.target import RunTemp, check_out, fsync_dir, move_into_place, write_error
+
     kv_count, kv_end, info_end = reader.kv_count, reader.kv_end, reader.info_end
     added = b"".join(_kv_string(k, v) for k, v in metadata.items())
-    with open(src, "rb") as fh:
-        head = fh.read(info_end)
-    header = bytearray(head[:16] + struct.pack("<Q", kv_count + len(metadata)) + head[_HEADER:kv_end] + added + head[kv_end:info_end])
-    header += b"\0" * (-len(header) % reader.alignment)
     data_start = reader.data_offset
     total = os.path.getsize(src) - data_start
-    spans = sorted((t.data_offset - data_start, t.n_bytes, replaced[t.name]) for t in reader.tensors if t.name in replaced)
-    for _, n, new in spans:
-        if len(new) != n:
+    spans = sorted((t.data_offset - data_start, t.n_bytes, t.name) for t in reader.tensors if t.name in replaced)
+    for _, n, name in spans:
+        if len(replaced[name]) != n:
             raise AssertionError("a folded tensor changed size")  # a bug: fold_tensor_bytes keeps the size
-    size = len(header) + total
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(out.parent)
-    if shutil.disk_usage(out.parent).free < size:
-        raise DiskSpaceError(f"{out.parent}: {size} bytes needed for {out.name}, {shutil.disk_usage(out.parent).free} free", path=str(out))
-    tmp = out.parent / f"{TEMP_PREFIX}{os.getpid()}-{out.name}"
-    bar = progress(f"writing {out.name}", size) if progress else None
+    header_len = info_end + len(added)
+    size = header_len + (-header_len % reader.alignment) + total
+    check_out(out, force=force, file=True)
+    sha = hashlib.sha256() if bound else None
+    signature = out.with_name(out.name + ".sig")
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            fout.write(header)
-            fin.seek(data_start)
-            pos = 0
-            for offset, n, new in spans + [(total, 0, b"")]:
-                _copy(fin, fout, offset - pos, bar)
-                fout.write(new)
-                fin.seek(n, os.SEEK_CUR)
-                pos = offset + n
-                if bar and new:
-                    bar.update(len(new))
-            fout.flush()
-            os.fsync(fout.fileno())
-        if out.exists() and not force:
-            raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
-        os.replace(tmp, out)
+        with RunTemp(out) as run:
+            if shutil.disk_usage(out.parent).free < size:
+                raise DiskSpaceError(f"{out.parent}: {size} bytes needed for {out.name}, {shutil.disk_usage(out.parent).free} free", path=str(out))
+            tmp = run.path()
+            bar = progress(f"writing {out.name}", size) if progress else None
+            try:
+                with open(src, "rb") as fin, open(tmp, "xb") as fout:
+                    head = _read_exact(fin, data_start, sha)  # header, tensor infos and padding: hashed as read
+                    if head[:info_end] != bytes(reader.data[:info_end]):
+                        raise IntegrityError(f"{src}: changed while it was read (its header differs)", path=str(src))
+                    header = bytearray(head[:16] + struct.pack("<Q", kv_count + len(metadata)) + head[_HEADER:kv_end] + added + head[kv_end:info_end])
+                    header += b"\0" * (-len(header) % reader.alignment)
+                    fout.write(header)
+                    pos = 0
+                    for offset, n, name in spans:
+                        _copy(fin, fout, offset - pos, bar, sha)
+                        original = _read_exact(fin, n, sha)
+                        if originals is not None and hashlib.sha256(original).hexdigest() != originals[name]:
+                            raise IntegrityError(f"{src}: tensor {name} changed while the file was read", path=str(src))
+                        fout.write(replaced[name])
+                        if bar:
+                            bar.update(n)
+                        pos = offset + n
+                    _copy(fin, fout, total - pos, bar, sha)
+                    if fin.read(1):
+                        raise IntegrityError(f"{src}: grew while it was copied", path=str(src))
+                    if sha is not None and bound is not None and (actual := sha.hexdigest()) != bound[1]:
+                        raise file_mismatch(who or str(src), bound[0], bound[1], actual)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+            finally:
+                if bar:
+                    bar.close()
+            staged_sig = None
+            if sign_key is not None:
+                from pearzoo.trust import sign_file
+
+                staged_sig = run.path(".sig")
+                sign_file(tmp, sign_key, staged_sig, name=out.name, scratch=run.path(".sign"))
+            replacing = out.exists()
+            move_into_place(tmp, out, run, force=force)
+            # The signature follows the GGUF at once; one left beside the replaced output would not match it.
+            if staged_sig is not None:
+                os.replace(staged_sig, signature)
+            elif replacing and signature.is_file() and not signature.is_symlink():
+                signature.unlink()
+            fsync_dir(out.parent)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise DiskSpaceError(f"{out.parent}: no space left while writing {out.name}", path=str(out)) from exc
-        raise
-    finally:
-        if bar:
-            bar.close()
-        if tmp.exists():
-            tmp.unlink()
+        raise write_error(exc, out) from exc
     return size
 
 
-def _copy(fin: Any, fout: Any, n: int, bar: Any) -> None:
+def _read_exact(fin: Any, n: int, sha: Any) -> bytes:
+    data = fin.read(n)
+    if len(data) != n:
+        raise InvalidInputError(f"{fin.name}: truncated GGUF file (tensor data ends early)", path=str(fin.name))
+    if sha is not None:
+        sha.update(data)
+    return data
+
+
+def _copy(fin: Any, fout: Any, n: int, bar: Any, sha: Any = None) -> None:
     while n > 0:
         chunk = fin.read(min(COPY_CHUNK, n))
         if not chunk:
             raise InvalidInputError(f"{fin.name}: truncated GGUF file (tensor data ends early)", path=str(fin.name))
+        if sha is not None:
+            sha.update(chunk)
         fout.write(chunk)
         n -= len(chunk)
         if bar:
             bar.update(len(chunk))
-
-
-def clean_stale_temp_files(parent: Path) -> None:
-    """Remove GGUF temp files in `parent` left by patch runs whose process is gone (killed mid-write)."""
-    from pearzoo.patch.write import _alive
-
-    for child in parent.iterdir():
-        m = _TEMP_RE.match(child.name)
-        if m and child.is_file() and not child.is_symlink() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            child.unlink(missing_ok=True)
 
 
 def provenance(manifest: Any) -> dict[str, str]:
@@ -448,18 +342,23 @@ def provenance(manifest: Any) -> dict[str, str]:
 
 
 def gguf_target(out: Path | None, src: Path, *, dry_run: bool, force: bool) -> Path:
-    """The output file: `--out`, or `<source stem>-pear.gguf` in the working directory.
+    """The output file: `--out`, or `<source stem>-pear.gguf` in the working directory, checked as
+    `patch.target.check_out` checks any output (an existing one is replaced only under `force` and only
+    when it is a GGUF pearzoo stamped).
 
     Raises:
-        InvalidInputError: the output is the source, a directory, or exists without `force`.
+        InvalidInputError: the output is the source, a directory, exists and may not be replaced, or cannot
+            be written.
     """
+    from pearzoo.patch.target import check_out
+
     target = (out or Path.cwd() / f"{src.stem}-pear.gguf").expanduser().absolute()
     if target.resolve() == src.resolve():
         raise InvalidInputError(f"--out {target} is the source model; choose another file", path=str(target))
     if target.is_dir():
         raise InvalidInputError(f"--out {target} is a directory; --format gguf writes one .gguf file", path=str(target))
-    if not dry_run and not force and (target.exists() or target.is_symlink()):
-        raise InvalidInputError(f"{target} already exists", hint="pass --force to replace it, or choose --out", path=str(target))
+    if not dry_run:
+        check_out(target, force=force, file=True)
     return target
 
 
@@ -472,12 +371,17 @@ def patch_gguf(
     dry_run: bool = False,
     force: bool = False,
     progress: ProgressFactory | None = None,
+    bound: tuple[str, str] | None = None,
+    sign_key: Path | None = None,
 ) -> GGUFPatch:
     """Verify `src` against the manifest's base and write the folded GGUF to `out`.
 
+    `bound`: (file name, sha256) of a schema-2 manifest's `base.files`: every byte of `src` is hashed as it is
+    copied (a dry run hashes the file) and a mismatch is refused before anything is renamed into place.
+
     Raises:
-        IntegrityError: already patched; not the manifest's base (naming the tensor); another model type
-            or head geometry.
+        IntegrityError: already patched; not the manifest's base (naming the tensor, or the file under
+            `bound`); another model type or head geometry.
         InvalidInputError: a type that cannot be folded; an unreadable file.
     """
     from pearzoo.binding import verify_base
@@ -521,14 +425,25 @@ def patch_gguf(
     verify_base(base.tensors, actual, model_id)
     folds: list[FoldedTensor] = []
     replaced: dict[str, bytes] = {}
+    originals: dict[str, str] = {}
     for name, layer in sorted(folded_names.items(), key=lambda kv: kv[1]):
         tensor = tensors[mapping[name]]
+        originals[tensor.name] = hashlib.sha256(reader.data[tensor.data_offset : tensor.data_offset + tensor.n_bytes]).hexdigest()
         data, method = fold_tensor_bytes(reader, tensor, by_layer[layer], geometry.head_dim)
         replaced[tensor.name] = data
         folds.append(FoldedTensor(name, tensor.name, tensor.tensor_type.name, method, dict(by_layer[layer])))
     if dry_run:
+        if bound is not None:
+            from pearzoo.binding import file_mismatch
+            from pearzoo.digest import file_digest
+
+            if (actual := file_digest(src)) != bound[1]:
+                raise file_mismatch(model_id, bound[0], bound[1], actual)
         return GGUFPatch(folds, None, 0)
-    written = write_gguf(reader, src, out, replaced, provenance(manifest), force=force, progress=progress)
+    written = write_gguf(
+        reader, src, out, replaced, provenance(manifest), force=force, progress=progress,
+        originals=originals, bound=bound, who=model_id, sign_key=sign_key,
+    )  # fmt: skip
     return GGUFPatch(folds, out, written)
 
 
@@ -537,4 +452,7 @@ def require_gguf_source(gguf_file: str | None, requested: str) -> None:
         raise InvalidInputError(f"--format gguf needs a GGUF source; {requested} is not one", hint="use --format safetensors")
 
 
-__all__ = ["FoldedTensor", "GGUFPatch", "check_not_patched", "fold_tensor_bytes", "gguf_target", "open_gguf", "patch_gguf", "write_gguf"]
+__all__ = [
+    "KEY_PREFIX", "MANIFEST_KEY", "FoldedTensor", "GGUFLayout", "GGUFPatch", "TensorInfo", "check_not_patched", "fold_tensor_bytes",
+    "gguf_target", "open_gguf", "patch_gguf", "stamped_manifest", "write_gguf",
+]  # fmt: skip

@@ -51,7 +51,7 @@ class PatchOptions(BaseModel):
     force: bool = Field(default=False, description="Replace an existing output directory, if pearzoo wrote it or it is empty.")
     public_keys: list[Path] = Field(default_factory=list, description="Require the manifest to be signed by this EC public key (PEM); repeatable.")
     require_signature: bool | None = Field(default=None, description="Require a signed manifest (default: when --public-key is given or the registry's trust.json requires it).")
-    sign_key: Path | None = Field(default=None, description="Sign the patched folder with this EC private key (PEM): OUT/model.sig, as model_signing writes it.")
+    sign_key: Path | None = Field(default=None, description="Sign the output with this EC private key (PEM), as model_signing writes it: OUT/model.sig for a folder, OUT.sig beside a GGUF file.")
     format: Literal["auto", "safetensors", "gguf"] = Field(default="auto", description="Output format: auto follows the source (a GGUF gives a GGUF file, else a safetensors folder).")
 
 
@@ -83,7 +83,7 @@ class PatchResult(BaseModel):
     format: str = Field(default="safetensors", description="safetensors (a folder) or gguf (one file).")
     seconds: float
     signed_by: str | None = Field(default=None, description="Fingerprint of the key whose manifest signature was verified.")
-    output_signature: str | None = Field(default=None, description="OUT/model.sig, when the output was signed.")
+    output_signature: str | None = Field(default=None, description="OUT/model.sig (OUT.sig for a GGUF file), when the output was signed.")
 
 
 def patch_model(
@@ -125,7 +125,11 @@ def patch_model(
     if twin and notify:
         notify(f"{options.model} is in Meta's original format; using its transformers twin {twin}")
     if options.out is not None and not options.dry_run:
-        check_out(_out(options, ""), force=options.force)  # before any download or load
+        # A .gguf --out (or --format gguf) is one file: --force replaces it only if pearzoo stamped it.
+        file = options.format == "gguf" or (options.format == "auto" and options.out.suffix.lower() == ".gguf")
+        if Path(options.model).expanduser().is_file() and Path(options.model).expanduser().resolve() == _out(options, "").resolve():
+            raise InvalidInputError(f"--out {_out(options, '')} is the source model; choose another file", path=str(options.out))
+        check_out(_out(options, ""), force=options.force, file=file)  # before any download or load
     from pearzoo.trust import check_manifest_signature, check_signing_key, sign_output
 
     check_signing_key(options.sign_key)
@@ -143,11 +147,32 @@ def patch_model(
         public_keys=options.public_keys, require=options.require_signature, notify=notify,
     )
     if options.format == "gguf" or (options.format == "auto" and source.gguf_file):
-        if options.sign_key is not None:
-            raise InvalidInputError("--sign-key signs a patched folder; a GGUF output is one file (use --format safetensors to sign)")
         from pearzoo.formats.patch import patch_to_gguf
 
-        return patch_to_gguf(options, source, manifest, progress=progress, start=start).model_copy(update={"signed_by": signed_by})
+        done, signature = patch_to_gguf(options, source, manifest, progress=progress)
+        if manifest.base.files is None and notify:
+            notify(
+                f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
+                f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+            )
+        return PatchResult(
+            model_id=source.model_id,
+            requested=options.model,
+            revision=source.revision,
+            source=source.kind,
+            manifest=manifest.digest,
+            recipe=f"{manifest.recipe.id} {manifest.recipe.version}",
+            heads=[PatchedHead(layer=h.layer, head=h.head, coefficient=h.coefficient) for h in manifest.heads],
+            tensors=sorted(t.name for t in done.tensors),
+            shards=1,
+            out=str(done.out) if done.out else None,
+            dry_run=options.dry_run,
+            bytes_written=done.bytes_written,
+            seconds=round(time.perf_counter() - start, 3),
+            format="gguf",
+            signed_by=signed_by,
+            output_signature=str(signature) if signature else None,
+        )
     finish = (lambda folder: sign_output(folder, options.sign_key)) if options.sign_key else None  # noqa: E731
     if not source.fetched:
         from pearzoo.manifest.recorded import recorded_recipe

@@ -48,23 +48,44 @@ def written_by_pearzoo(folder: Path) -> bool:
     return isinstance(digest, str) and isinstance(block, dict) and block.get("manifest") == digest
 
 
-def _replaceable(out: Path) -> bool:
-    if out.is_symlink() or not out.is_dir():
+def stamped_gguf(path: Path) -> bool:
+    """Whether `path` is a GGUF file pearzoo patched: its header carries the `pearzoo.manifest` key."""
+    from pearzoo.errors import PearzooError
+    from pearzoo.formats.gguf_header import MANIFEST_KEY, open_gguf
+
+    try:
+        return MANIFEST_KEY in open_gguf(path).strings
+    except PearzooError:
         return False
-    return not any(out.iterdir()) or written_by_pearzoo(out)
 
 
-def check_out(out: Path, *, force: bool) -> None:
+def _replaceable(out: Path) -> bool:
+    if out.is_symlink():
+        return False
+    if out.is_file():
+        return stamped_gguf(out)
+    return out.is_dir() and (not any(out.iterdir()) or written_by_pearzoo(out))
+
+
+def check_out(out: Path, *, force: bool, file: bool = False) -> None:
     """Refuse an --out that cannot be written or must not be replaced, before any download or build.
+
+    `file`: the output is one file (a GGUF), which `force` replaces only when pearzoo stamped it (`stamped_gguf`).
 
     Raises:
         InvalidInputError: `out` exists and `force` is off; `out` exists, `force` is on, and it is not an empty
             folder or a pearzoo output; `out` holds the current directory; its nearest existing ancestor is not a
-            folder or does not take a new entry (read-only, no permission).
+            folder or does not take a new entry (read-only, no permission); `file` and `out` is a folder.
     """
     if out.exists() or out.is_symlink():
         if not force:
             raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
+        if file and not out.is_dir() and not _replaceable(out):
+            raise InvalidInputError(
+                f"{out} exists and is not a GGUF file pearzoo wrote; --force replaces only those",
+                hint="choose another --out, or remove it yourself",
+                path=str(out),
+            )
         if not _replaceable(out):
             raise InvalidInputError(
                 f"{out} exists and is not a folder pearzoo wrote (nor empty); --force replaces only those",
@@ -74,7 +95,7 @@ def check_out(out: Path, *, force: bool) -> None:
         cwd = Path.cwd().resolve()
         if out.resolve() == cwd or out.resolve() in cwd.parents:
             raise InvalidInputError(f"--out {out} holds the current directory; choose another", path=str(out))
-    check_writable(out)
+    check_writable(out, file=file)
 
 
 def check_writable(target: Path, what: str = "--out", *, file: bool = False) -> None:
@@ -100,7 +121,7 @@ def check_writable(target: Path, what: str = "--out", *, file: bool = False) -> 
 
 
 class RunTemp:
-    """This run's temp folders beside `out`, claimed by a lock file that the run holds until it ends.
+    """This run's temp folders (or files: a GGUF output) beside `out`, claimed by a lock file that the run holds until it ends.
 
     The lock is taken before any folder exists and released after they are all removed, so a folder whose
     lock can be taken belongs to a dead run (`clean_stale_temps`).
@@ -137,14 +158,19 @@ class RunTemp:
 def _remove_token(parent: Path, token: str) -> list[Path]:
     removed = []
     for child in parent.glob(f"{TEMP_PREFIX}{token}-*"):
-        if child.is_dir() and not child.is_symlink():
+        if child.is_symlink():
+            continue
+        if child.is_dir():
             shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+        elif child.is_file():  # a GGUF output and its signature are temp files, not folders
+            child.unlink(missing_ok=True)
             removed.append(child)
     return removed
 
 
 def clean_stale_temps(parent: Path) -> list[Path]:
-    """Remove the temp folders in `parent` of patch runs that are gone (their lock is free), and their locks."""
+    """Remove the temp folders and files in `parent` of patch runs that are gone (their lock is free), and their locks."""
     from filelock import FileLock, Timeout
 
     removed: list[Path] = []
@@ -192,7 +218,10 @@ def move_into_place(tmp: Path, out: Path, run: RunTemp, *, force: bool) -> None:
     if not out.exists() and not out.is_symlink():
         os.rename(tmp, out)
         return
-    check_out(out, force=force)  # it may have appeared, or changed, since the early check
+    check_out(out, force=force, file=not tmp.is_dir())  # it may have appeared, or changed, since the early check
+    if not tmp.is_dir():
+        os.replace(tmp, out)  # one file: rename(2) replaces it atomically
+        return
     if _exchange(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # now the old output
         return

@@ -293,7 +293,7 @@ def test_hostile_weights_and_options_are_one_line_each(pristine, tmp_path, capsy
     before = _workspace(tmp_path)
     cases = [
         (["patch", str(src / "garbage.gguf"), "--manifest", str(v1), "--out", str(tmp_path / "o")], 3, f"{src / 'garbage.gguf'}: not a GGUF file (no GGUF magic bytes)"),
-        (["patch", str(src / "magic.gguf"), "--manifest", str(v1), "--out", str(tmp_path / "o")], 3, f"{src / 'magic.gguf'}: cannot load the model: "),
+        (["patch", str(src / "magic.gguf"), "--manifest", str(v1), "--out", str(tmp_path / "o")], 3, f"{src / 'magic.gguf'}: not a readable GGUF file (truncated header)"),
         (["patch", str(pickled), "--manifest", str(v1), "--out", str(tmp_path / "o"), "--allow-pickle"], 3, f"{pickled}: cannot load the model: "),
         # schema 2: the pickle's bytes are checked before anything unpickles them
         (["patch", str(pickled), "--manifest", str(v2), "--out", str(tmp_path / "o"), "--allow-pickle"], 5, "pickled is not the manifest's base: weight file model-00001-of"),
