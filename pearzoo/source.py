@@ -212,7 +212,7 @@ def resolve_model(ref: str, revision: str | None = None, *, download: bool = Tru
             ``zoo/models/llama-rope``) or a Hub id (``org/name``).
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
         download (`bool`): for a Hub id, download now (default); False returns an unfetched source
-            (`patch.resolve.hub_reference`) so that the registry and `--out` are checked first.
+            (`hub_reference`) so that the registry and `--out` are checked first.
 
     Returns:
         `ModelSource`.
@@ -250,8 +250,6 @@ def resolve_model(ref: str, revision: str | None = None, *, download: bool = Tru
     if zoo is not None:  # `pearzoo list` prints llama-rope: the checkout's zoo/models/llama-rope, not a Hub repo
         return ModelSource(kind="directory", path=zoo.resolve(), model_id=zoo.name)
     if not download:
-        from pearzoo.patch.resolve import hub_reference
-
         return hub_reference(ref, revision)
     return _hub(ref, revision)
 
@@ -361,3 +359,68 @@ def dtype_from_name(name: str) -> Any:
 
 def dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants as hf_constants
+
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def hub_reference(model_id: str, revision: str | None) -> ModelSource:
+    """A Hub model, not downloaded: its commit (the Hub's answer when online, the cache's refs when offline,
+    None when neither knows), and its cache folder as `path`. Nothing but one metadata request is made.
+
+    Raises:
+        NotFoundError: no such repository or revision (online).
+        UnsafeInputError, InvalidInputError: a malformed id.
+    """
+    import re
+
+    import huggingface_hub.constants as hf_constants
+
+    validate_hub_id(model_id)
+    folder = Path(hf_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
+    if commit is None and _offline():
+        ref = folder / "refs" / (revision or "main")
+        try:
+            text = ref.read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        commit = text if re.fullmatch(r"[0-9a-f]{40}", text) else None
+    elif commit is None:
+        commit = _hub_call(model_id, revision, lambda api: api.model_info(model_id, revision=revision).sha)
+    return ModelSource(kind="hub", path=folder, model_id=model_id, revision=commit or revision, fetched=False)
+
+
+def _hub_call(model_id: str, revision: str | None, call: Any) -> Any:
+    """`call(HfApi())`, with the Hub's errors as pearzoo's."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from pearzoo.errors import OfflineError
+
+    try:
+        return call(HfApi())
+    except LocalEntryNotFoundError as exc:
+        raise OfflineError(
+            f"model '{model_id}' is not in the Hugging Face cache and the Hub cannot be reached",
+            hint="connect, unset HF_HUB_OFFLINE, or pass a local directory",
+            repo_id=model_id,
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise NotFoundError(f"model '{model_id}': a file it needs is missing on the Hub ({exc.__class__.__name__})", repo_id=model_id) from exc
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise NotFoundError(f"model '{model_id}' not found on the Hub (or access is gated)", repo_id=model_id) from exc
+    except RevisionNotFoundError as exc:
+        raise NotFoundError(f"model '{model_id}': revision '{revision}' not found", repo_id=model_id) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise OfflineError(f"the Hub cannot be reached for '{model_id}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", repo_id=model_id) from exc

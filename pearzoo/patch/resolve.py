@@ -17,7 +17,7 @@ from typing import Any
 from pearzoo.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from pearzoo.manifest.io import read_manifest
 from pearzoo.manifest.schema import Base, Manifest
-from pearzoo.source import ModelSource, resolve_model, validate_hub_id
+from pearzoo.source import ModelSource, _hub_call, _offline, resolve_model, validate_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -52,71 +52,6 @@ def resolve_source(model: str, revision: str | None = None, *, download: bool = 
     """
     twin = transformers_twin(model)
     return resolve_model(twin or model, revision, download=download)
-
-
-def _offline() -> bool:
-    import huggingface_hub.constants as hf_constants
-
-    return bool(hf_constants.HF_HUB_OFFLINE)
-
-
-def hub_reference(model_id: str, revision: str | None) -> ModelSource:
-    """A Hub model, not downloaded: its commit (the Hub's answer when online, the cache's refs when offline,
-    None when neither knows), and its cache folder as `path`. Nothing but one metadata request is made.
-
-    Raises:
-        NotFoundError: no such repository or revision (online).
-        UnsafeInputError, InvalidInputError: a malformed id.
-    """
-    import re
-
-    import huggingface_hub.constants as hf_constants
-
-    validate_hub_id(model_id)
-    folder = Path(hf_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
-    commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
-    if commit is None and _offline():
-        ref = folder / "refs" / (revision or "main")
-        try:
-            text = ref.read_text(encoding="utf-8").strip()
-        except OSError:
-            text = ""
-        commit = text if re.fullmatch(r"[0-9a-f]{40}", text) else None
-    elif commit is None:
-        commit = _hub_call(model_id, revision, lambda api: api.model_info(model_id, revision=revision).sha)
-    return ModelSource(kind="hub", path=folder, model_id=model_id, revision=commit or revision, fetched=False)
-
-
-def _hub_call(model_id: str, revision: str | None, call: Any) -> Any:
-    """`call(HfApi())`, with the Hub's errors as pearzoo's."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from pearzoo.errors import OfflineError
-
-    try:
-        return call(HfApi())
-    except LocalEntryNotFoundError as exc:
-        raise OfflineError(
-            f"model '{model_id}' is not in the Hugging Face cache and the Hub cannot be reached",
-            hint="connect, unset HF_HUB_OFFLINE, or pass a local directory",
-            repo_id=model_id,
-        ) from exc
-    except EntryNotFoundError as exc:
-        raise NotFoundError(f"model '{model_id}': a file it needs is missing on the Hub ({exc.__class__.__name__})", repo_id=model_id) from exc
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise NotFoundError(f"model '{model_id}' not found on the Hub (or access is gated)", repo_id=model_id) from exc
-    except RevisionNotFoundError as exc:
-        raise NotFoundError(f"model '{model_id}': revision '{revision}' not found", repo_id=model_id) from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise OfflineError(f"the Hub cannot be reached for '{model_id}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", repo_id=model_id) from exc
 
 
 def check_remote_files(source: ModelSource, manifest: Manifest) -> int:

@@ -22,8 +22,9 @@ import pytest
 
 from pearzoo.errors import IntegrityError, InvalidInputError, OfflineError
 from pearzoo.patch.api import PatchOptions, patch_model
-from pearzoo.patch.resolve import check_remote_files, fetch_patterns, hub_reference
+from pearzoo.patch.resolve import check_remote_files, fetch_patterns
 from pearzoo.registry.local import LocalRegistry
+from pearzoo.source import hub_reference
 from tiny_checkpoints import hub_cache_layout, make_manifest, write_json
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
