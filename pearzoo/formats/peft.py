@@ -16,9 +16,7 @@ as `pearzoo patch --dry-run` does, and names it in `adapter_config.json`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,13 +70,12 @@ def export_peft(manifest: Manifest, out: Path, *, base_model: str | None = None,
 
     from pearzoo.manifest.io import write_manifest
     from pearzoo.patch.card import CARD_NAME, MANIFEST_NAME, render_adapter_card
-    from pearzoo.patch.write import TEMP_PREFIX
+    from pearzoo.patch.target import RunTemp, check_out, fsync_dir, move_into_place, write_error
 
     out = out.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} is a file; the adapter is a folder", path=str(out))
-    if out.exists() and not force:
-        raise InvalidInputError(f"{out} already exists", hint="pass --force to replace it, or choose --out", path=str(out))
+    check_out(out, force=force)  # --force replaces only an empty folder or one pearzoo wrote
     base_model = base_model or manifest.base.model_id
     revision = revision if revision is not None else manifest.base.revision
     vectors, in_features, conv1d = ia3_vectors(manifest)
@@ -93,24 +90,22 @@ def export_peft(manifest: Manifest, out: Path, *, base_model: str | None = None,
         revision=revision,
         init_ia3_weights=True,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{TEMP_PREFIX}{os.getpid()}-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        config.save_pretrained(str(tmp))
-        save_file(
-            {f"base_model.model.{m}.ia3_l": v.contiguous() for m, v in sorted(vectors.items())},
-            str(tmp / ADAPTER_WEIGHTS),
-            metadata={"format": "pt", "pearzoo.manifest": manifest.digest},
-        )
-        (tmp / CARD_NAME).write_text(render_adapter_card(manifest, base_model=base_model, revision=revision), encoding="utf-8")
-        write_manifest(manifest, tmp / MANIFEST_NAME)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with RunTemp(out) as run:
+        tmp = run.path()
+        tmp.mkdir()
+        try:
+            config.save_pretrained(str(tmp))
+            save_file(
+                {f"base_model.model.{m}.ia3_l": v.contiguous() for m, v in sorted(vectors.items())},
+                str(tmp / ADAPTER_WEIGHTS),
+                metadata={"format": "pt", "pearzoo.manifest": manifest.digest},
+            )
+            (tmp / CARD_NAME).write_text(render_adapter_card(manifest, base_model=base_model, revision=revision), encoding="utf-8")
+            write_manifest(manifest, tmp / MANIFEST_NAME)
+            fsync_dir(tmp)
+            move_into_place(tmp, out, run, force=force)
+        except OSError as exc:
+            raise write_error(exc, out) from exc
     return AdapterExport(out, base_model, revision, sorted(vectors), in_features)
 
 

@@ -33,19 +33,36 @@ from pearzoo.patch.card import CONFIG_KEY, MANIFEST_NAME
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".pearzoo-patch-"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's name; `pearzoo export` stamps its metadata
 _LOCK_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}([0-9a-f]{{12}})\.lock$")
 
 
 def written_by_pearzoo(folder: Path) -> bool:
-    """Whether `folder` is a patched model pearzoo wrote: a manifest copy and a config block naming it."""
+    """Whether `folder` is an output pearzoo wrote: a manifest copy named by the `pearzoo` block of its config.json
+    (a patched model) or by the `pearzoo.manifest` metadata of its adapter weights (a `pearzoo export` adapter)."""
+    from pearzoo.errors import PearzooError
+
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    block = config.get(CONFIG_KEY) if isinstance(config, dict) else None
     digest = manifest.get("digest") if isinstance(manifest, dict) else None
-    return isinstance(digest, str) and isinstance(block, dict) and block.get("manifest") == digest
+    if not isinstance(digest, str):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        config = None
+    if config is not None:
+        block = config.get(CONFIG_KEY) if isinstance(config, dict) else None
+        return isinstance(block, dict) and block.get("manifest") == digest
+    from pearzoo.shards import read_file_layout
+
+    try:
+        metadata = read_file_layout(folder / ADAPTER_WEIGHTS).metadata or {}
+    except (OSError, PearzooError):
+        return False
+    return metadata.get("pearzoo.manifest") == digest
 
 
 def stamped_gguf(path: Path) -> bool:

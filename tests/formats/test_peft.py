@@ -118,3 +118,24 @@ def test_export_refuses_an_existing_folder_and_a_wrong_base(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["base_model"] == str(ZOO / "llama-rope") and result["format"] == "peft"
+
+
+def test_force_replaces_only_an_adapter_pearzoo_exported(tmp_path, capsys):
+    """--force never deletes what pearzoo did not write (issue #9): a user's folder stays, an old export is replaced."""
+    from cli_run import assert_one_error, run_cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, _, err = run_cli(["export", "llama-rope", "--out", str(mine), "--force"], capsys)
+    assert code == 3
+    assert_one_error(err, f"{mine} exists and is not a folder pearzoo wrote")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "adapter"
+    assert run_cli(["export", "llama-rope", "--out", str(out)], capsys)[0] == 0
+    first = (out / "adapter_model.safetensors").read_bytes()
+    code, _, err = run_cli(["export", "llama-rope", "--out", str(out), "--force"], capsys)
+    assert code == 0, err
+    assert (out / "adapter_model.safetensors").read_bytes() == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pearzoo-patch-")]
