@@ -170,14 +170,15 @@ def beats_control(ev: dict, n: str) -> list[float] | None:
 
 def verdict(ev: dict, n: str) -> str:
     """'gain' only where the gain's interval excludes zero and the patched model beats the control (its interval of
-    patched - control excludes zero too); 'no gain' where the gain's interval excludes zero downward; else 'unresolved'."""
+    patched - control excludes zero too); 'above base, not above control' where only the first holds; 'loss' where
+    the gain's interval lies below zero; else 'unresolved'."""
     iv = ev["intervals"]["copy_accuracy"][n]
     gain = iv["gain"]
     vs = beats_control(ev, n)
     if gain[0] > 0 and vs is not None and vs[0] > 0:
         return "gain"
     if gain[0] > 0:
-        return "gain, not above control"
+        return "above base, not above control"
     return "loss" if gain[1] < 0 else "unresolved"
 
 
@@ -226,7 +227,8 @@ def table(results: list[dict]) -> str:
                      f"(A/A {lat['prefill']['again_over_original']:.2f}x, {lat['decode']['again_over_original']:.2f}x)" if lat else "-")
         env = r["environment"]
         kv_note = f"{retrieval['contexts']} kv contexts" if retrieval else "no kv"
-        cells.append(f"{env['device']}, {ev['sequences']} sequences, {kv_note}")
+        note = "" if ev.get("intervals") else ", before intervals (not re-run)"
+        cells.append(f"{env['device']}, {ev['sequences']} sequences, {kv_note}{note}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
