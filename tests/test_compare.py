@@ -125,3 +125,15 @@ def test_compare_two_manifests_on_one_model(reports, capsys):
     stored = json.loads(reports["a1234"].read_text())
     assert first["a"] == pytest.approx(stored["copy_accuracy"]["10"]["patched"], rel=1e-12)
     assert doc["reports"]["a"]["controls"]["random_heads_draws"] == 0
+
+
+def test_compare_help_states_the_method_and_exit_codes():
+    from click.testing import CliRunner
+
+    from pearzoo.cli import cli
+
+    r = CliRunner().invoke(cli, ["compare", "--help"])
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    assert "Exit codes: 0 compared (whatever the result), 2 usage, 3 invalid input" in text
+    assert "the interval is paired, resampling sequences once for both sides (percentile bootstrap, --resamples)" in text
