@@ -96,9 +96,21 @@ def measure(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         report = run_eval(
             ref, str(manifest_path), device=args.device, dtype=args.dtype, sequences=args.sequences,
-            kv_pairs=tuple(args.kv_pairs), kv_contexts=args.kv_contexts,
+            kv=False if args.no_kv else None, kv_pairs=tuple(args.kv_pairs), kv_contexts=args.kv_contexts,
+            random_draws=args.random_draws,
         )
         eval_seconds = time.perf_counter() - t0
+        path = args.out / f"{_slug(source.model_id)}.json"
+        rel = manifest_path.relative_to(ROOT) if manifest_path.is_relative_to(ROOT) else manifest_path
+        kv_args = "--no-kv" if args.no_kv else f"--kv-pairs {','.join(map(str, args.kv_pairs))} --kv-contexts {args.kv_contexts}"
+        if args.rounds:
+            lat = latency(ref, manifest_path, args.device, args.dtype, args.rounds)
+        else:
+            # --rounds 0 keeps the latency of the previous result for this model (the fold's cost does not depend
+            # on the eval), and says so.
+            old = json.loads(path.read_text(encoding="utf-8")).get("latency") if path.is_file() else None
+            lat = {**old, "kept_from_previous_measure": True} if old else None
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         result = {
             "model": ref,
             "model_id": source.model_id,
@@ -107,12 +119,18 @@ def measure(args: argparse.Namespace) -> None:
             "k": len(manifest.heads),
             "heads": manifest.base.geometry.num_layers * manifest.base.geometry.num_heads,
             "manifest": manifest.digest,
-            "manifest_path": str(manifest_path.relative_to(ROOT)) if manifest_path.is_relative_to(ROOT) else str(manifest_path),
-            "eval_command": (f"pearzoo eval -m {ref} --manifest {manifest_path.relative_to(ROOT) if manifest_path.is_relative_to(ROOT) else manifest_path} --device {args.device} --dtype {args.dtype} "
-                             f"--sequences {args.sequences} --kv-pairs {','.join(map(str, args.kv_pairs))} --kv-contexts {args.kv_contexts} --json"),
-            "eval": report.model_dump(mode="json"),
+            "manifest_path": str(rel),
+            "eval_command": (f"pearzoo eval -m {ref} --manifest {rel} --device {args.device} --dtype {args.dtype} "
+                             f"--sequences {args.sequences} {kv_args} --random-draws {args.random_draws} --json"),
+            "eval": report.model_dump(mode="json", exclude_none=True),
             "eval_seconds": round(eval_seconds, 1),
-            "latency": latency(ref, manifest_path, args.device, args.dtype, args.rounds) if args.rounds else None,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "latency": lat,
+            # --no-kv keeps the previous measure's retrieval (no intervals) so the table can still show it, marked.
+            "previous_retrieval": (
+                {"retrieval": previous["eval"]["retrieval"], "eval_command": previous.get("eval_command")}
+                if args.no_kv and (previous.get("eval") or {}).get("retrieval") else previous.get("previous_retrieval") if args.no_kv else None
+            ),
             "environment": {
                 "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
                 "cpus": os.cpu_count(),
@@ -122,7 +140,6 @@ def measure(args: argparse.Namespace) -> None:
                 "python": platform.python_version(),
             },
         }
-        path = args.out / f"{_slug(source.model_id)}.json"
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"{ref}: eval {eval_seconds:.0f} s -> {path}", file=sys.stderr)
 
@@ -131,32 +148,87 @@ def _points(before: float, after: float) -> str:
     return f"{100 * (after - before):+.1f}"
 
 
+def _iv(i: list[float], scale: float = 100, fmt: str = "+.1f") -> str:
+    return f"[{scale * i[0]:{fmt}}, {scale * i[1]:{fmt}}]"
+
+
+def beats_control(ev: dict, n: str) -> list[float] | None:
+    """95% interval of patched - control copy accuracy at n, paired over sequences, draws resampled (None without samples)."""
+    from pearzoo import stats
+
+    s = ((ev.get("samples") or {}).get("copy_accuracy") or {}).get(n)
+    if not s or not s.get("random_heads"):
+        return None
+    import torch
+
+    scale = 1 / (int(n) - 1)
+    control = torch.tensor(s["random_heads"], dtype=torch.float64).T * scale
+    patched = torch.tensor(s["patched"], dtype=torch.float64) * scale
+    lo, hi = stats.two_level_interval(control, patched, seed=ev["seed"], stream=f"eval/copy/{n}/patched-vs-control")
+    return [-hi, -lo]
+
+
+def verdict(ev: dict, n: str) -> str:
+    """'gain' only where the gain's interval excludes zero and the patched model beats the control (its interval of
+    patched - control excludes zero too); 'above base, not above control' where only the first holds; 'loss' where
+    the gain's interval lies below zero; else 'unresolved'."""
+    iv = ev["intervals"]["copy_accuracy"][n]
+    gain = iv["gain"]
+    vs = beats_control(ev, n)
+    if gain[0] > 0 and vs is not None and vs[0] > 0:
+        return "gain"
+    if gain[0] > 0:
+        return "above base, not above control"
+    return "loss" if gain[1] < 0 else "unresolved"
+
+
 def table(results: list[dict]) -> str:
-    """The README's table: one row per model, copy and retrieval as accuracy before -> after."""
-    head = ("| model | family | K / heads | copy n=10 | copy n=25 | copy n=50 | random heads (points) "
+    """The README's table: one row per model; copy gains and the control's with 95% intervals, retrieval before -> after."""
+    head = ("| model | family | K / heads | copy n=10 | copy n=25 | copy n=50 | random heads, R draws (points) "
             "| kv P=20 first / middle / last | kv P=50 first / middle / last | perplexity | latency patched / original (prefill, decode) | measured on |")
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for r in results:
         ev = r["eval"]
         copy = ev["copy_accuracy"]
+        iv = (ev.get("intervals") or {}).get("copy_accuracy", {})
         cells = [f"`{r['model_id']}`", r["family"], f"{r['k']} / {r['heads']}"]
         for n in ("10", "25", "50"):
             c = copy[n]
-            cells.append(f"{c['base']:.3f} → {c['patched']:.3f} ({_points(c['base'], c['patched'])})")
-        cells.append(" / ".join(_points(copy[n]["base"], copy[n]["random_heads"]) for n in ("10", "25", "50")))
-        kv = (ev.get("retrieval") or {}).get("accuracy", {})
+            gain = f"{_points(c['base'], c['patched'])} {_iv(iv[n]['gain'])}" if n in iv else _points(c["base"], c["patched"])
+            mark = f", {verdict(ev, n)}" if n in iv else ""
+            cells.append(f"{c['base']:.3f} → {c['patched']:.3f} ({gain}{mark})")
+        draws = (ev.get("controls") or {}).get("random_heads_draws", 1)
+        cells.append(f"R={draws}: " + " / ".join(
+            f"{_points(copy[n]['base'], copy[n]['random_heads'])}" + (f" {_iv(iv[n]['random_heads_gain'])}" if n in iv else "")
+            for n in ("10", "25", "50")
+        ))  # fmt: skip
+        retrieval = ev.get("retrieval") or (r.get("previous_retrieval") or {}).get("retrieval")
+        kv = (retrieval or {}).get("accuracy", {})
+        kv_iv = (ev.get("intervals") or {}).get("kv_retrieval") or {}
         for p in ("20", "50"):
             if p in kv:
-                cells.append(" / ".join(f"{kv[p][pos]['base']:.2f} → {kv[p][pos]['patched']:.2f}" for pos in POSITIONS))
+                text = []
+                for pos in POSITIONS:
+                    cell = f"{kv[p][pos]['base']:.2f} → {kv[p][pos]['patched']:.2f}"
+                    if p in kv_iv and kv_iv[p][pos]["gain"][0] > 0:
+                        cell += " (gain)"
+                    elif p in kv_iv and kv_iv[p][pos]["gain"][1] < 0:
+                        cell += " (loss)"
+                    text.append(cell)
+                cells.append(" / ".join(text) + ("" if ev.get("retrieval") else " (earlier measure, no intervals)"))
             else:
-                cells.append("skipped (too long)" if ev.get("retrieval") else "not run")
+                cells.append("skipped (too long)" if retrieval else "not run")
         ppl = ev.get("perplexity")
-        cells.append(f"{ppl['base']:.2f} → {ppl['patched']:.2f} ({100 * (ppl['patched'] / ppl['base'] - 1):+.2f}%)" if ppl else "-")
+        pch = ((ev.get("intervals") or {}).get("perplexity") or {}).get("change")
+        cells.append(f"{ppl['base']:.2f} → {ppl['patched']:.2f} ({100 * (ppl['patched'] / ppl['base'] - 1):+.2f}%"
+                     + (f" {_iv(pch, 100, '+.2f')}" if pch else "") + ")" if ppl else "-")  # fmt: skip
         lat = r.get("latency")
         cells.append(f"{lat['prefill']['patched_over_original']:.2f}x, {lat['decode']['patched_over_original']:.2f}x "
                      f"(A/A {lat['prefill']['again_over_original']:.2f}x, {lat['decode']['again_over_original']:.2f}x)" if lat else "-")
         env = r["environment"]
-        cells.append(f"{env['device']}, {ev.get('retrieval', {}).get('contexts', '-')} kv contexts")
+        kv_note = f"{retrieval['contexts']} kv contexts" if retrieval else "no kv"
+        note = "" if ev.get("intervals") else ", before intervals (not re-run)"
+        cells.append(f"{env['device']}, {ev['sequences']} sequences, {kv_note}{note}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -167,19 +239,30 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_kv = [r for r in results if (r["eval"].get("retrieval") or {}).get("accuracy")]
-    pairs = sorted({p for r in with_kv for p in r["eval"]["retrieval"]["accuracy"]}, key=int)
+    def retrieval(r: dict) -> dict:
+        return r["eval"].get("retrieval") or (r.get("previous_retrieval") or {}).get("retrieval") or {}
+
+    with_kv = [r for r in results if retrieval(r).get("accuracy")]
+    pairs = sorted({p for r in with_kv for p in retrieval(r)["accuracy"]}, key=int)
     fig, axes = plt.subplots(len(pairs), len(with_kv), figsize=(3.2 * len(with_kv), 2.8 * len(pairs)), squeeze=False, sharey=True)
     x = range(len(POSITIONS))
     for col, r in enumerate(with_kv):
-        kv = r["eval"]["retrieval"]["accuracy"]
+        kv = retrieval(r)["accuracy"]
         for row, p in enumerate(pairs):
             ax = axes[row][col]
             if p not in kv:
                 ax.text(0.5, 0.5, "context too long\nfor the model", ha="center", va="center", transform=ax.transAxes)
             else:
-                for variant, style in (("base", "o--"), ("patched", "s-"), ("random_heads", "x:")):
-                    ax.plot(x, [kv[p][pos][variant] for pos in POSITIONS], style, label=variant.replace("_", " "))
+                kv_iv = ((r["eval"].get("intervals") or {}).get("kv_retrieval") or {}).get(p, {})
+                for shift, (variant, style) in zip((-0.08, 0.0, 0.08), (("base", "o--"), ("patched", "s-"), ("random_heads", "x:"))):
+                    y = [kv[p][pos][variant] for pos in POSITIONS]
+                    xs = [i + shift for i in x]
+                    if kv_iv:  # 95% intervals (Wilson; the control's over contexts and draws)
+                        err = [[y[i] - kv_iv[pos][variant][0] for i, pos in enumerate(POSITIONS)],
+                               [kv_iv[pos][variant][1] - y[i] for i, pos in enumerate(POSITIONS)]]
+                        ax.errorbar(xs, y, yerr=err, fmt=style, capsize=2, label=variant.replace("_", " "))
+                    else:
+                        ax.plot(xs, y, style, label=variant.replace("_", " "))
             ax.set_xticks(list(x), POSITIONS)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
@@ -188,7 +271,7 @@ def plot(results: list[dict], path: Path) -> None:
             if col == 0:
                 ax.set_ylabel(f"exact match, {p} pairs")
     axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Key-value retrieval by position of the queried pair, before and after PEAR", fontsize=10)
+    fig.suptitle("Key-value retrieval by position of the queried pair, before and after PEAR (95% intervals)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -217,7 +300,9 @@ def main() -> None:
     m.add_argument("--sequences", type=int, default=500, help="held-out copy sequences per n")
     m.add_argument("--kv-pairs", type=int, nargs="+", default=[20, 50])
     m.add_argument("--kv-contexts", type=int, default=100)
-    m.add_argument("--rounds", type=int, default=30, help="bench/inference.py rounds (0: skip latency)")
+    m.add_argument("--no-kv", action="store_true", help="skip key-value retrieval")
+    m.add_argument("--random-draws", type=int, default=5, help="draws of the random-heads control")
+    m.add_argument("--rounds", type=int, default=30, help="bench/inference.py rounds (0: keep the previous result's latency)")
     m.add_argument("--out", type=Path, default=RESULTS)
     r = sub.add_parser("render", help="print the README table from measured JSON and draw the plot")
     r.add_argument("--results", type=Path, default=RESULTS)

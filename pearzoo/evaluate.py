@@ -1,30 +1,42 @@
 """`pearzoo eval`: copy accuracy on fresh held-out sequences, key-value retrieval, a random-heads control,
-and perplexity.
+and perplexity, each with a 95% interval.
 
 The patched model is the base with the manifest's coefficients applied by runtime hooks, which tests
-show equal to the folded weights; the control applies the same coefficients to K other heads. Retrieval
-(`pearzoo.retrieval`) runs on models with a tokenizer unless turned off.
+show equal to the folded weights; the control applies the same coefficients to K other heads, drawn R
+times. Every variant is scored on the same units (sequences, contexts, windows), and the per-unit scores
+go into the report (`samples`) so that `pearzoo compare` can pair two reports. Intervals: `pearzoo.stats`.
+Retrieval (`pearzoo.retrieval`) runs on models with a tokenizer unless turned off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from pearzoo import stats
 from pearzoo.errors import InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId
 from pearzoo.hooks import scale_heads
 from pearzoo.manifest.schema import Manifest
-from pearzoo.proxy import TokenSpace, copy_score, generator, sample_sequences
+from pearzoo.proxy import TokenSpace, _second_half_logits, generator, input_device, sample_sequences
 from pearzoo.retrieval import DEFAULT_CONTEXTS, DEFAULT_PAIRS, ID_CHARS, POSITIONS
 
 DEFAULT_LENGTHS = (10, 25, 50)
 DEFAULT_SEQUENCES = 500
 DEFAULT_TEXT = "builtin:tinyshakespeare-test"
+DEFAULT_DRAWS = 5
+METHOD = (
+    "95% percentile bootstrap resampling whole sequences (copy) and windows (perplexity), paired across variants, "
+    "draws of the random-heads control resampled too; key-value cells: Wilson (levels) and Bonett-Price (paired gains) intervals over contexts"
+)
+
+Interval = tuple[float, float]
 
 
 class _Out(BaseModel):
@@ -34,7 +46,7 @@ class _Out(BaseModel):
 class CopyAccuracy(_Out):
     base: float
     patched: float | None = None
-    random_heads: float | None = None
+    random_heads: float | None = Field(default=None, description="Mean over the control's draws.")
 
 
 class Perplexity(_Out):
@@ -43,13 +55,13 @@ class Perplexity(_Out):
     window_length: int
     base: float
     patched: float | None = None
-    random_heads: float | None = None
+    random_heads: float | None = Field(default=None, description="Mean over the control's draws.")
 
 
 class RetrievalAccuracy(_Out):
     base: float
     patched: float | None = None
-    random_heads: float | None = None
+    random_heads: float | None = Field(default=None, description="Mean over the control's draws.")
 
 
 class Retrieval(_Out):
@@ -63,6 +75,61 @@ class Retrieval(_Out):
     )
 
 
+class CellIntervals(_Out):
+    """95% intervals of one cell; gains are differences of accuracies (patched - base, control - base)."""
+
+    base: Interval
+    patched: Interval | None = None
+    random_heads: Interval | None = None
+    gain: Interval | None = None
+    random_heads_gain: Interval | None = None
+
+
+class PerplexityIntervals(_Out):
+    """95% intervals of perplexity; changes are relative (patched / base - 1)."""
+
+    base: Interval
+    patched: Interval | None = None
+    change: Interval | None = None
+    random_heads: Interval | None = None
+    random_heads_change: Interval | None = None
+
+
+class Intervals(_Out):
+    copy_accuracy: dict[str, CellIntervals]
+    perplexity: PerplexityIntervals | None = None
+    kv_retrieval: dict[str, dict[str, CellIntervals]] | None = None
+
+
+class Controls(_Out):
+    random_heads_draws: int = Field(description="Draws of K random heads (the manifest's coefficients) in the control.")
+    seed: int = Field(description="The eval seed: draw r comes from its stream eval/random-heads[/r].")
+
+
+class Bootstrap(_Out):
+    level: float
+    resamples: int
+    method: str
+
+
+class UnitScores(_Out):
+    """Per-unit scores of one cell, for pairing reports (`pearzoo compare`)."""
+
+    units_sha256: str = Field(description="sha256 of the units (token ids); equal digests mean the same units.")
+    base: list[float]
+    patched: list[float] | None = None
+    random_heads: list[list[float]] | None = Field(default=None, description="Per draw, per unit.")
+
+
+class Samples(_Out):
+    """Per-unit scores: copy (correct positions of n - 1 per sequence), kv (1/0 per context), perplexity
+    (summed negative log-likelihood per window of window_length - 1 predicted tokens)."""
+
+    copy_accuracy: dict[str, UnitScores]
+    perplexity: UnitScores | None = None
+    kv_retrieval: dict[str, dict[str, UnitScores]] | None = None
+
+
 class EvalReport(_Out):
     """What `pearzoo eval --json` prints."""
 
@@ -71,18 +138,127 @@ class EvalReport(_Out):
     sequences: int
     seed: int
     heads: list[str] = Field(default_factory=list)
-    random_heads: list[str] = Field(default_factory=list)
+    random_heads: list[str] = Field(default_factory=list, description="The control's first draw.")
+    random_head_draws: list[list[str]] = Field(default_factory=list, description="Every draw of the control.")
     copy_accuracy: dict[str, CopyAccuracy]
-    perplexity: Perplexity | None
+    # A default, so a report printed without nulls (--json, --text none) reads back (pearzoo compare).
+    perplexity: Perplexity | None = None
     retrieval: Retrieval | None = None
+    intervals: Intervals | None = None
+    controls: Controls | None = None
+    bootstrap: Bootstrap | None = None
+    samples: Samples | None = None
     seconds: float
 
 
-def random_heads(geometry: HeadGeometry, exclude: list[HeadId], k: int, seed: int) -> list[HeadId]:
-    """K heads drawn uniformly (seeded) from those not in `exclude`."""
+def random_heads(geometry: HeadGeometry, exclude: list[HeadId], k: int, seed: int, draw: int = 0) -> list[HeadId]:
+    """K heads drawn uniformly (seeded) from those not in `exclude`; draw 0 is the single draw of earlier versions."""
     pool = [h for h in geometry.all_heads() if h not in set(exclude)]
-    order = torch.randperm(len(pool), generator=generator(seed, "eval/random-heads"))
+    stream = "eval/random-heads" if draw == 0 else f"eval/random-heads/{draw}"
+    order = torch.randperm(len(pool), generator=generator(seed, stream))
     return sorted(pool[i] for i in order[:k].tolist())
+
+
+def copy_counts(model: Any, sequences: torch.Tensor, length: int, prefix: int = 0, batch_size: int = 32) -> list[int]:
+    """Per sequence, the number of correctly predicted copyable positions (n - 1 of them, as `copy_score`)."""
+    out: list[int] = []
+    with torch.no_grad():
+        for start in range(0, sequences.shape[0], batch_size):
+            batch = sequences[start : start + batch_size]
+            logits = _second_half_logits(model, batch, length, prefix)
+            targets = batch[:, prefix + length : prefix + 2 * length].to(logits.device)
+            out.extend((logits[:, 1:, :].argmax(-1) == targets[:, 1:]).sum(1).tolist())
+    return out
+
+
+def window_nll(model: Any, windows: torch.Tensor, batch_size: int = 8) -> list[float]:
+    """Per window, the summed next-token negative log-likelihood (perplexity = exp(sum / tokens))."""
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size].to(input_device(model))
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:].to(logits.device), reduction="none")
+            out.extend(nll.double().sum(1).tolist())
+    return out
+
+
+def _sha(t: torch.Tensor | list) -> str:
+    rows = t.tolist() if isinstance(t, torch.Tensor) else t
+    return hashlib.sha256(str(rows).encode()).hexdigest()
+
+
+def _scores(units: str, by_variant: dict[str, list]) -> UnitScores:
+    draws = [v for k, v in by_variant.items() if k.startswith("random_heads/")]
+    return UnitScores(units_sha256=units, base=by_variant["base"], patched=by_variant.get("patched"), random_heads=draws or None)
+
+
+def _mean(x: list[float]) -> float:
+    return sum(x) / len(x)
+
+
+def _round(i: Interval) -> Interval:
+    return round(i[0], 6), round(i[1], 6)
+
+
+def cell_intervals(s: UnitScores, scale: float, *, seed: int, stream: str, resamples: int, binary: bool = False) -> CellIntervals:
+    """Intervals of one cell from its unit scores; `scale` turns a unit score into an accuracy (1 / positions)."""
+    base = [x * scale for x in s.base]
+    kw = {"seed": seed, "resamples": resamples}
+    out: dict[str, Interval] = {}
+    if binary:
+        out["base"] = stats.wilson(round(sum(base)), len(base))
+    else:
+        out["base"] = stats.mean_interval(base, stream=f"{stream}/base", **kw)
+    if s.patched is not None:
+        patched = [x * scale for x in s.patched]
+        if binary:
+            out["patched"] = stats.wilson(round(sum(patched)), len(patched))
+            out["gain"] = stats.paired_binary_diff(base, patched)
+        else:
+            out["patched"] = stats.mean_interval(patched, stream=f"{stream}/patched", **kw)
+            out["gain"] = stats.paired_diff_interval(base, patched, stream=f"{stream}/gain", **kw)
+    if s.random_heads:
+        x = torch.tensor(s.random_heads, dtype=torch.float64).T * scale  # [units, draws]
+        out["random_heads"] = stats.two_level_interval(x, stream=f"{stream}/random", **kw)
+        out["random_heads_gain"] = stats.two_level_interval(x, base, stream=f"{stream}/random-gain", **kw)
+        if binary and out["random_heads"][0] == out["random_heads"][1]:
+            # Every context and draw scored alike: the percentile bootstrap has zero width; fall back on the
+            # score intervals of the first draw (as if there were one draw).
+            first = x[:, 0].tolist()
+            out["random_heads"] = stats.wilson(round(sum(first)), len(first))
+            out["random_heads_gain"] = stats.paired_binary_diff(base, first)
+    return CellIntervals(**{k: _round(v) for k, v in out.items()})
+
+
+def intervals_from_samples(samples: Samples, lengths: dict[str, int], tokens: int, *, seed: int, resamples: int) -> Intervals:
+    """Every interval of a report from its per-unit scores (`lengths`: copy n by key; `tokens`: per window)."""
+    copy = {
+        n: cell_intervals(s, 1 / (lengths[n] - 1), seed=seed, stream=f"eval/copy/{n}", resamples=resamples)
+        for n, s in samples.copy_accuracy.items()
+    }
+    ppl = None
+    if samples.perplexity is not None:
+        p = samples.perplexity
+        rows = [p.base] + ([p.patched] if p.patched is not None else []) + (p.random_heads or [])
+        found = stats.perplexity_intervals(rows, tokens, seed=seed, stream="eval/perplexity", resamples=resamples)
+        ppl = PerplexityIntervals(**{k: _round(v) for k, v in found.items()})
+    kv = None
+    if samples.kv_retrieval is not None:
+        kv = {
+            p: {pos: cell_intervals(s, 1.0, seed=seed, stream=f"eval/kv/{p}/{pos}", resamples=resamples, binary=True) for pos, s in cells.items()}
+            for p, cells in samples.kv_retrieval.items()
+        }
+    return Intervals(copy_accuracy=copy, perplexity=ppl, kv_retrieval=kv)
+
+
+def _value(scores: UnitScores, scale: float) -> dict[str, float]:
+    out = {"base": _mean(scores.base) * scale}
+    if scores.patched is not None:
+        out["patched"] = _mean(scores.patched) * scale
+    if scores.random_heads:
+        out["random_heads"] = _mean([_mean(d) for d in scores.random_heads]) * scale
+    return out
 
 
 def evaluate_model(
@@ -102,86 +278,113 @@ def evaluate_model(
     kv: bool | None = None,
     kv_pairs: tuple[int, ...] = DEFAULT_PAIRS,
     kv_contexts: int = DEFAULT_CONTEXTS,
+    random_draws: int = DEFAULT_DRAWS,
+    resamples: int = stats.DEFAULT_RESAMPLES,
     progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Evaluate a loaded model, and with a manifest its patched and random-heads variants.
+    """Evaluate a loaded model, and with a manifest its patched and random-heads variants, with intervals.
 
     Sequences come from stream ``eval/<n>`` of `seed`, which no build uses (builds draw ``locate``,
     ``train``, ``validation`` and ``metrics``), so they are held out from every stage of a build.
-    Key-value contexts come from stream ``eval/kv/<P>`` of `seed`.
+    Key-value contexts come from stream ``eval/kv/<P>`` of `seed`; control draw r from
+    ``eval/random-heads/<r>`` (draw 0: ``eval/random-heads``); resamples from ``bootstrap/eval/...``.
 
     Args:
         kv (`bool`, *optional*): run key-value retrieval; the default runs it when there is a tokenizer.
         kv_pairs (`tuple[int, ...]`): numbers of pairs per context.
         kv_contexts (`int`): contexts per number of pairs and position of the queried pair.
+        random_draws (`int`): draws of K random heads in the control (0: no control).
+        resamples (`int`): bootstrap resamples per interval.
 
     Raises:
-        InvalidInputError: `kv` is true but the model has no tokenizer.
+        InvalidInputError: `kv` is true but the model has no tokenizer, or a count is out of range.
     """
-    from pearzoo.text import perplexity, read_text, text_windows
+    from pearzoo.text import read_text, text_windows
 
     start = time.perf_counter()
     if kv is None:
         kv = tokenizer is not None
     if kv and tokenizer is None:
         raise InvalidInputError("key-value retrieval needs a tokenizer, and the model has none", hint="pass --no-kv", field="kv")
+    if random_draws < 0 or resamples < 1:
+        raise InvalidInputError(f"random_draws {random_draws} / resamples {resamples}: need >= 0 / >= 1", field="random_draws")
     variants: dict[str, dict[HeadId, float] | None] = {"base": None}
     heads: list[HeadId] = []
-    control: list[HeadId] = []
+    draws: list[list[HeadId]] = []
     if manifest is not None:
         assert geometry is not None
         heads = [HeadId(h.layer, h.head) for h in manifest.heads]
         taus = [h.coefficient for h in manifest.heads]
-        control = random_heads(geometry, heads, len(heads), seed)
         variants["patched"] = dict(zip(heads, taus))
-        variants["random_heads"] = dict(zip(control, taus))
+        for r in range(random_draws):
+            draws.append(random_heads(geometry, heads, len(heads), seed, draw=r))
+            variants[f"random_heads/{r}"] = dict(zip(draws[-1], taus))
 
-    def run(coeffs: dict[HeadId, float] | None, fn: Callable[[], float]) -> float:
+    def run(coeffs: dict[HeadId, float] | None, fn: Callable[[], Any]) -> Any:
         if coeffs is None:
             return fn()
         with scale_heads(model, geometry, coeffs):
             return fn()
 
-    copy: dict[str, dict[str, float]] = {}
+    copy: dict[str, UnitScores] = {}
     for n in lengths:
         seqs = sample_sequences(space, sequences, n, generator(seed, f"eval/{n}"))
-        copy[str(n)] = {}
+        by_variant = {}
         for name, coeffs in variants.items():
-            copy[str(n)][name] = run(coeffs, lambda: copy_score(model, seqs, n, space.prefix).accuracy)
+            by_variant[name] = run(coeffs, lambda: copy_counts(model, seqs, n, space.prefix))
             if progress is not None:
                 progress(1)
+        copy[str(n)] = _scores(_sha(seqs), by_variant)
+    ppl_scores = None
     ppl = None
     if text is not None and tokenizer is not None:
         win = text_windows(tokenizer, read_text(text), windows, window_length)
-        values = {name: run(coeffs, lambda: perplexity(model, win)) for name, coeffs in variants.items()}
+        ppl_scores = _scores(_sha(win), {name: run(coeffs, lambda: window_nll(model, win)) for name, coeffs in variants.items()})
+        per = window_length - 1
+        values = {k: _perplexity(v, per) for k, v in (("base", ppl_scores.base), ("patched", ppl_scores.patched)) if v is not None}
+        if ppl_scores.random_heads:
+            values["random_heads"] = _mean([_perplexity(d, per) for d in ppl_scores.random_heads])
         ppl = Perplexity(text=text, windows=windows, window_length=window_length, **values)
-    retrieval = None
+    retrieval = kv_scores = None
     if kv:
-        retrieval = _retrieval(model, tokenizer, variants, run, kv_pairs, kv_contexts, seed, progress)
+        retrieval, kv_scores = _retrieval(model, tokenizer, variants, run, kv_pairs, kv_contexts, seed, progress)
+    samples = Samples(copy_accuracy=copy, perplexity=ppl_scores, kv_retrieval=kv_scores)
+    intervals = intervals_from_samples(samples, {str(n): n for n in lengths}, window_length - 1, seed=seed, resamples=resamples)
     return EvalReport(
         model=model_name,
         manifest=manifest.digest if manifest is not None else None,
         sequences=sequences,
         seed=seed,
         heads=[str(h) for h in heads],
-        random_heads=[str(h) for h in control],
-        copy_accuracy={k: CopyAccuracy(**v) for k, v in copy.items()},
+        random_heads=[str(h) for h in draws[0]] if draws else [],
+        random_head_draws=[[str(h) for h in d] for d in draws],
+        copy_accuracy={n: CopyAccuracy(**_value(s, 1 / (int(n) - 1))) for n, s in copy.items()},
         perplexity=ppl,
         retrieval=retrieval,
+        intervals=intervals,
+        controls=Controls(random_heads_draws=len(draws), seed=seed),
+        bootstrap=Bootstrap(level=stats.LEVEL, resamples=resamples, method=METHOD),
+        samples=samples,
         seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def _perplexity(nll: list[float], tokens_per_window: int) -> float:
+    import math
+
+    return math.exp(sum(nll) / (len(nll) * tokens_per_window))
 
 
 def _retrieval(
     model: Any,
     tokenizer: Any,
     variants: dict[str, dict[HeadId, float] | None],
-    run: Callable[[dict[HeadId, float] | None, Callable[[], float]], float],
+    run: Callable[[dict[HeadId, float] | None, Callable[[], Any]], Any],
     pairs: tuple[int, ...],
     contexts: int,
     seed: int,
     progress: Callable[[int], None] | None,
-) -> Retrieval:
+) -> tuple[Retrieval, dict[str, dict[str, UnitScores]]]:
     from pearzoo.retrieval import encode_context, max_positions, pad_id, sample_contexts, score_contexts
 
     limit = max_positions(model, tokenizer)
@@ -189,6 +392,7 @@ def _retrieval(
     tokens: dict[str, int] = {}
     skipped: list[int] = []
     accuracy: dict[str, dict[str, RetrievalAccuracy]] = {}
+    scores: dict[str, dict[str, UnitScores]] = {}
     for p in pairs:
         encoded = {
             pos: [encode_context(tokenizer, c) for c in sample_contexts(p, contexts, pos, seed, ID_CHARS)]
@@ -201,16 +405,20 @@ def _retrieval(
                 progress(len(POSITIONS) * len(variants))
             continue
         accuracy[str(p)] = {}
+        scores[str(p)] = {}
         for pos, batch in encoded.items():
-            values = {}
+            by_variant = {}
             for name, coeffs in variants.items():
-                values[name] = run(coeffs, lambda: sum(score_contexts(model, batch, pad_id=pad)) / len(batch))
+                by_variant[name] = run(coeffs, lambda: [int(x) for x in score_contexts(model, batch, pad_id=pad)])
                 if progress is not None:
                     progress(1)
-            accuracy[str(p)][pos] = RetrievalAccuracy(**values)
-    return Retrieval(
+            s = _scores(_sha([list(e.ids) + [e.start] for e in batch]), by_variant)
+            scores[str(p)][pos] = s
+            accuracy[str(p)][pos] = RetrievalAccuracy(**_value(s, 1.0))
+    retrieval = Retrieval(
         contexts=contexts, id_chars=ID_CHARS, max_positions=limit, tokens=tokens, skipped=skipped, accuracy=accuracy
     )
+    return retrieval, scores
 
 
 def run_eval(
@@ -228,6 +436,8 @@ def run_eval(
     kv: bool | None = None,
     kv_pairs: tuple[int, ...] = DEFAULT_PAIRS,
     kv_contexts: int = DEFAULT_CONTEXTS,
+    random_draws: int = DEFAULT_DRAWS,
+    resamples: int = stats.DEFAULT_RESAMPLES,
     progress: Callable[[str, int], Any] | None = None,
 ) -> EvalReport:
     """Load a model (and verify it is the manifest's base) and evaluate it.
@@ -251,7 +461,7 @@ def run_eval(
         verify_base(manifest.base.tensors, base_digests(ctx.source, ctx.model, manifest.base.tensors), model_ref)
     else:
         ctx = prepare(options)
-    per_variant = 3 if manifest is not None else 1
+    per_variant = 2 + random_draws if manifest is not None else 1
     kv_steps = len(kv_pairs) * len(POSITIONS) if (kv if kv is not None else ctx.tokenizer is not None) else 0
     bar = progress("eval", (len(lengths) + kv_steps) * per_variant) if progress is not None else None
     try:
@@ -269,6 +479,8 @@ def run_eval(
             kv=kv,
             kv_pairs=kv_pairs,
             kv_contexts=kv_contexts,
+            random_draws=random_draws,
+            resamples=resamples,
             progress=bar.update if bar is not None else None,
         )
     finally:

@@ -50,9 +50,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from pearzoo.cli import audit, build, evaluate, export, patch, recipes, registry, verify
+    from pearzoo.cli import audit, build, compare, evaluate, export, patch, recipes, registry, verify
 
-    for module in (build, evaluate, recipes, verify, registry, patch, audit, export):
+    for module in (build, evaluate, compare, recipes, verify, registry, patch, audit, export):
         module.register(cli)
 
 

@@ -100,12 +100,11 @@ def test_eval_kv_options(stories260k_dir, tmp_path, capsys):
     assert code == 0 and "retrieval" not in json.loads(stdout)
     code, stdout, _ = run_cli(["eval", "-m", str(stories260k_dir), "--sequences", "4", "--lengths", "5", "--text", "none", "--kv-pairs", "20", "--kv-contexts", "2"], capsys)
     assert code == 0
-    assert stdout.splitlines()[2:] == [
-        "kv retrieval, exact match (2 contexts, 3-hex ids)",
-        "pairs  position     base  patched   random",
-        "   20  first       0.000        -        -",
-        "   20  middle      0.000        -        -",
-        "   20  last        0.000        -        -",
+    # Each value with its interval (tests/cli/test_cli_eval_intervals.py): 0 of 2 contexts, Wilson [0, 0.658].
+    assert [line[:38] for line in stdout.splitlines()[5:]] == [
+        "   20  first     0.000 [0.000, 0.658] ",
+        "   20  middle    0.000 [0.000, 0.658] ",
+        "   20  last      0.000 [0.000, 0.658] ",
     ]
     code, _, err = run_cli(["eval", "-m", str(stories260k_dir), "--kv-pairs", "2"], capsys)
     assert code == 2 and "numbers of pairs must be >= 3" in err

@@ -32,7 +32,7 @@ def test_shared_options_have_one_name_type_and_default():
                 seen.setdefault(flag, {}).setdefault(_shape(param), []).append(name)
     assert set(seen) == set(SHARED)
     assert {flag: len(shapes) for flag, shapes in seen.items()} == dict.fromkeys(SHARED, 1), seen
-    assert sorted(next(iter(seen["--dtype"].values()))) == ["build", "eval", "locate", "train"]
+    assert sorted(next(iter(seen["--dtype"].values()))) == ["build", "compare", "eval", "locate", "train"]
 
 
 def test_a_required_model_is_required_everywhere():
