@@ -10,3 +10,6 @@ FOLD_VS_HOOK_FP32_DEEP = 1e-4
 # most twice that, and an argmax can change only where the top two logits are within twice that of each other.
 COPY_LOSS_FOLD_VS_HOOK = 2 * FOLD_VS_HOOK_FP32_DEEP  # absolute, mean copy loss in nats
 COPY_ARGMAX_MARGIN = 2 * FOLD_VS_HOOK_FP32_DEEP  # top-1 minus top-2 logit at or below which a position may flip
+# The copy loss from logits gathered at the scored positions against the same positions sliced out of the full logits
+# (issue #15): the same dot products in a different matrix-product call; relative, on the loss and on d loss / d tau.
+GATHERED_VS_FULL_LOGITS = 1e-6
