@@ -7,6 +7,7 @@ below the lowest re-weighted one for inputs it has already seen.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -20,7 +21,7 @@ from pearzoo.heads import HeadId, decoder_layers, geometry_from_config
 from pearzoo.hooks import scale_heads
 from pearzoo.proxy import TokenSpace, copy_loss, copy_score, generator, sample_sequences
 from pearzoo.replay import FrozenPrefix
-from pearzoo.text import perplexity
+from pearzoo.text import perplexity, text_loss
 from pearzoo.train import TrainResult, TrainSeconds, train_coefficients
 from tiny_models import tiny_model
 from _tolerances import GATHERED_VS_FULL_LOGITS
@@ -177,3 +178,23 @@ def test_train_result_is_typed_and_times_its_parts(stories260k_dir):
     assert 0 < parts <= stages.total
     with pytest.raises(ValueError, match="extra"):
         TrainResult.model_validate(doc | {"unknown": 1})
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_perplexity_and_text_loss_equal_the_full_logits(model_type):
+    model, geometry, space = _setup(model_type)
+    windows = sample_sequences(space, 3, 8, generator(0, "w"))
+    head = HeadId(1, 0)
+    tau = torch.tensor(0.7, requires_grad=True)
+    with scale_heads(model, geometry, {head: tau}):
+        logits = model(input_ids=windows, use_cache=False).logits[:, :-1]
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="none")
+        plain = per_token.mean()
+        (plain_grad,) = torch.autograd.grad(plain, tau)
+        fast = text_loss(model, windows)
+        (fast_grad,) = torch.autograd.grad(fast, tau)
+        fast_ppl = perplexity(model, windows, batch_size=2)
+    assert abs(fast.item() - plain.item()) <= GATHERED_VS_FULL_LOGITS * plain.item()
+    assert abs(fast_grad.item() - plain_grad.item()) <= GATHERED_VS_FULL_LOGITS * abs(plain_grad.item())
+    assert abs(fast_grad.item()) > 1e-4
+    assert abs(math.log(fast_ppl) - plain.item()) <= GATHERED_VS_FULL_LOGITS * plain.item()
