@@ -14,7 +14,8 @@ the load, while the CPU time of a one-thread run (`--threads 1`, the default) is
 on a core of its own. The report (printed and written to `--out`) gives per-stage medians, ratios base/new and
 the 1-minute load average around every build, and checks that both trees chose the same heads and coefficients.
 
-`--steps N` shortens training (`--set train.steps=N`) to keep a baseline SmolLM2 build in minutes; the per-step
+`--heads-from MANIFEST` skips locate and the held-out metrics: load, then train that manifest's heads (the
+train stages alone, for a quick comparison). `--steps N` shortens training (`--set train.steps=N`) to keep a baseline SmolLM2 build in minutes; the per-step
 and per-check costs (`per_unit`) carry over to the recipe's 60 steps.
 """
 
@@ -96,6 +97,9 @@ def worker(args: argparse.Namespace) -> None:
         setattr(build, name, stamped)
     overrides = [f"train.steps={args.steps}"] if args.steps is not None else []
     options = build.BuildOptions(model=args.model, recipe=args.recipe, overrides=overrides)
+    if args.heads_from:
+        train_only(args, build, options, timer, stamps)
+        return
     wall0, cpu0 = time.perf_counter(), time.process_time()
     manifest = build.build_manifest(options)
     wall1, cpu1 = time.perf_counter(), time.process_time()
@@ -129,6 +133,43 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def train_only(args, build, options, timer, stamps) -> None:
+    """Load, then train the heads a manifest lists (no locate, no held-out metrics): the train stages alone."""
+    from pearzoo.heads import HeadId
+
+    doc = json.loads(Path(args.heads_from).read_text())
+    heads = [HeadId(h["layer"], h["head"]) for h in doc["heads"]]
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    ctx = build.prepare(options)
+    result = build.run_train(ctx, heads)
+    wall1, cpu1 = time.perf_counter(), time.process_time()
+    wall = {"load": stamps["prepare"][0] - wall0, "locate": 0.0, "train": wall1 - stamps["prepare"][0], "metrics": 0.0}
+    cpu = {"load": stamps["prepare"][1] - cpu0, "locate": 0.0, "train": cpu1 - stamps["prepare"][1], "metrics": 0.0}
+    wall["total"], cpu["total"] = wall1 - wall0, cpu1 - cpu0
+    for stage in ("forward", "backward", "validation", "perplexity"):
+        wall[stage] = timer.wall.get(stage, 0.0)
+        cpu[stage] = timer.cpu.get(stage, 0.0)
+    json.dump(
+        {
+            "wall": wall,
+            "cpu": cpu,
+            "calls": timer.calls,
+            "threads": __import__("torch").get_num_threads(),
+            "steps": ctx.recipe.train.steps,
+            "validations": len(result.history),
+            "heads": [[h.layer, h.head] for h in result.heads],
+            "coefficients": list(result.coefficients),
+            "scores": [],
+            "metrics": {"base_perplexity": result.base_perplexity, "best_step": result.best_step},
+            "history": [
+                {"step": p.step, "loss": p.loss, "accuracy": p.accuracy, "perplexity": p.perplexity, "within_budget": p.within_budget}
+                for p in result.history
+            ],
+        },
+        sys.stdout,
+    )
+
+
 # --- driver -------------------------------------------------------------------------------------------------
 
 
@@ -138,6 +179,8 @@ def run_one(tree: Path, model: dict, args: argparse.Namespace) -> dict:
         cmd += ["--recipe", model["recipe"]]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
+    if args.heads_from:
+        cmd += ["--heads-from", str(args.heads_from.resolve())]
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
     before = _load()
     start = time.perf_counter()
@@ -192,6 +235,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="train.steps override (default: the recipe's)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each build (default 1)")
+    ap.add_argument("--heads-from", type=Path, default=None, help="train the heads of this manifest: load and train only")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.worker:
@@ -210,6 +254,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "threads": args.threads,
         "steps": args.steps,
+        "heads_from": str(args.heads_from) if args.heads_from else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_start": list(os.getloadavg()),
         "models": {},
