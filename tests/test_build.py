@@ -90,7 +90,10 @@ def test_a_run_with_no_trained_step_within_the_budget_is_refused():
     from pearzoo.train import TrainResult, ValidationPoint
 
     def run(*points):
-        history = [ValidationPoint(step, 1.0, 0.5, ppl, ok, (1.0,)) for step, ppl, ok in points]
+        history = [
+            ValidationPoint(step=step, loss=1.0, accuracy=0.5, perplexity=ppl, within_budget=ok, coefficients=(1.0,))
+            for step, ppl, ok in points
+        ]
         return TrainResult(heads=[HeadId(0, 0)], coefficients=[1.0], best_step=0, history=history, base_perplexity=10.0)
 
     with pytest.raises(BudgetError) as err:
