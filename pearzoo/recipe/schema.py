@@ -28,6 +28,7 @@ Example (``recipes/rope/llama.yaml``)::
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Annotated, Literal
 
@@ -135,6 +136,9 @@ class ProxyTask(_Strict):
         return value
 
 
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
 class LocateConfiguration(_Strict):
     samples: int = Field(ge=2, description="Number of sequences N (the mean ablation needs at least 2).")
     length: int = Field(ge=2, description="Length n of the random sequence; the input is 2n tokens.")
@@ -144,7 +148,11 @@ class LocateSpec(_Strict):
     """How suppression heads are located (spec §2)."""
 
     scope: Scope = Field(default=Scope.path, description="`path` (authors' path patching) or `total` (mean ablation).")
-    k: int = Field(ge=1, description="Number of suppression heads kept (top-K by averaged relative score).")
+    k: int | str = Field(
+        description="Number of suppression heads kept (top-K by averaged relative score): a count (>= 1), or a "
+        "percentage of all heads such as `3%` (rounded half up, at least 1), so one recipe fits 135M to 70B "
+        "models. A manifest records the resolved count."
+    )
     configurations: list[LocateConfiguration] = Field(
         min_length=1,
         default_factory=lambda: [
@@ -155,6 +163,25 @@ class LocateSpec(_Strict):
         ],
         description="(samples, length) pairs; scores are averaged over them. Default: the authors' four.",
     )
+    @field_validator("k")
+    @classmethod
+    def _k(cls, value: int | str) -> int | str:
+        if isinstance(value, str):
+            m = _PERCENT.match(value.strip())
+            if not m or not 0 < float(m.group(1)) <= 100:
+                raise ValueError("must be a count >= 1 or a percentage in (0%, 100%] such as '3%'")
+            return value.strip()
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    def resolve_k(self, total_heads: int) -> int:
+        """K for a model with `total_heads` heads: the count itself, or the percentage rounded half up, at least 1."""
+        if isinstance(self.k, int):
+            return self.k
+        fraction = Decimal(self.k[:-1]) * total_heads / 100
+        return max(1, int(fraction.to_integral_value(rounding=ROUND_HALF_UP)))
+
     max_batch_rows: int = Field(
         default=1024, ge=1, description="Upper bound on rows (heads x samples) recomputed in one batch."
     )

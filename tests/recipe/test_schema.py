@@ -30,7 +30,7 @@ def test_overrides_apply_and_change_the_digest():
     "mutate, message",
     [
         (lambda d: d["locate"].__setitem__("kk", 3), "locate.kk: unknown key"),
-        (lambda d: d["locate"].__setitem__("k", 0), "locate.k: Input should be greater than or equal to 1"),
+        (lambda d: d["locate"].__setitem__("k", 0), "locate.k: Value error, must be >= 1"),
         (lambda d: d["heads"].__setitem__("layout", "diagonal"), "heads.layout: Input should be 'columns' or 'rows'"),
         (lambda d: d.__setitem__("version", "1.0"), "version: Value error, must be MAJOR.MINOR.PATCH"),
         (lambda d: d.__setitem__("id", "alibi/llama"), "Value error, id family 'alibi' does not match position_embedding 'rope'"),
