@@ -132,16 +132,25 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     Raises:
         UnsupportedArchitectureError: transformers does not know `model_type`.
     """
+    default = default_config(model_type)
+    kwargs = _shrink(default, TINY_SIZES) | TINY_OVERRIDES.get(model_type, {}) | overrides
+    return type(default)(**kwargs)
+
+
+def default_config(model_type: str) -> Any:
+    """The config class's defaults for `model_type` (the full-size architecture).
+
+    Raises:
+        UnsupportedArchitectureError: transformers does not know `model_type`.
+    """
     from transformers import AutoConfig
 
     try:
-        default = AutoConfig.for_model(model_type)
+        return AutoConfig.for_model(model_type)
     except (ValueError, KeyError) as exc:
         raise UnsupportedArchitectureError(
             f"transformers {_transformers_version()} has no model_type '{model_type}'", model_type=model_type
         ) from exc
-    kwargs = _shrink(default, TINY_SIZES) | TINY_OVERRIDES.get(model_type, {}) | overrides
-    return type(default)(**kwargs)
 
 
 def _transformers_version() -> str:
@@ -466,10 +475,13 @@ def scaffold_recipe(ref: str, out_root: Any, *, force: bool = False, check: bool
     """
     from pathlib import Path
 
-    from transformers import AutoConfig
+    from pearzoo.recipe.catalog import unsupported_reasons
 
     model_type = _model_type_of(ref)
-    default = AutoConfig.for_model(model_type)
+    known = unsupported_reasons().get(model_type)
+    if known:
+        raise _refuse(model_type, f"cannot be patched: {known} (recipes/unsupported.yaml)")
+    default = default_config(model_type)
     reason = hybrid_reason(default)
     if reason:
         raise _refuse(model_type, reason)

@@ -124,6 +124,11 @@ def recipe_for_config(config: Any, model_id: str | None = None, root: Path | Non
         generic.append((recipe, entry.path))
     if generic:
         return generic[0]
+    reason = unsupported_reasons(root).get(model_type)
+    if reason is not None:
+        raise UnsupportedArchitectureError(
+            f"model_type '{model_type}' cannot be patched: {reason}", model_type=model_type
+        )
     raise UnsupportedArchitectureError(
         f"no recipe covers model_type '{model_type}' (architectures: {', '.join(architectures) or 'none'})",
         hint="see `pearzoo recipes list`; docs/adding-an-architecture.md explains how to add one",
@@ -133,3 +138,29 @@ def recipe_for_config(config: Any, model_id: str | None = None, root: Path | Non
 
 def _normalise_id(model_id: str) -> str:
     return model_id.strip().lower()
+
+
+UNSUPPORTED_FILE = "unsupported.yaml"
+
+
+def unsupported_reasons(root: Path | None = None) -> dict[str, str]:
+    """model_type -> why pearzoo cannot patch it, from `<recipes>/unsupported.yaml` (empty if absent).
+
+    Raises:
+        InvalidInputError: the file fails its schema.
+    """
+    from pydantic import ValidationError
+
+    from pearzoo.errors import validation_location
+    from pearzoo.recipe.load import read_recipe_document
+    from pearzoo.recipe.schema import UnsupportedCatalog
+
+    path = (root or builtin_recipes_dir()) / UNSUPPORTED_FILE
+    if not path.is_file():
+        return {}
+    try:
+        catalog = UnsupportedCatalog.model_validate(read_recipe_document(path))
+    except ValidationError as exc:
+        loc, msg = validation_location(exc)
+        raise InvalidInputError(f"{path}: {loc}: {msg}", path=str(path), field=loc) from exc
+    return {mt: " ".join(entry.reason.split()) for entry in catalog.unsupported for mt in entry.model_types}

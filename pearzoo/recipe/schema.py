@@ -281,3 +281,17 @@ class Recipe(_Strict):
         if family not in allowed:
             raise ValueError(f"id family '{family}' does not match position_embedding '{self.position_embedding.value}'")
         return self
+
+
+class UnsupportedEntry(_Strict):
+    """model_types pearzoo cannot patch, with the one-line reason `pearzoo build` gives."""
+
+    model_types: list[str] = Field(min_length=1)
+    reason: str = Field(min_length=1, description="Why: what the architecture lacks (spec §4).")
+
+
+class UnsupportedCatalog(_Strict):
+    """`recipes/unsupported.yaml`."""
+
+    schema_version: Literal[1]
+    unsupported: list[UnsupportedEntry]
