@@ -12,6 +12,7 @@ recurrent layers do not). The result becomes a recipe's `heads` section; the con
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -199,10 +200,13 @@ class Probe:
     hidden_size_keys: list[str]
     head_dim_keys: list[str]
     text_prefix: str  # "" or e.g. "model.language_model" when the decoder is nested in a multimodal model
+    checkpoint_layers: str | None = None  # the layer list as saved checkpoints spell it, when that differs
 
     def heads_section(self) -> dict[str, Any]:
+        extra = {"checkpoint_layers": self.checkpoint_layers} if self.checkpoint_layers else {}
         return {
             "layers": self.layers,
+            **extra,
             "output_projection": self.output_projection,
             "layout": self.layout,
             "num_layers": self.num_layers_keys,
@@ -488,6 +492,7 @@ def scaffold_recipe(ref: str, out_root: Any, *, force: bool = False, check: bool
     config = tiny_config(model_type)
     model = tiny_model(config)
     probe = probe_model(model, model_type)
+    probe = dataclasses.replace(probe, checkpoint_layers=checkpoint_layers(model, probe))
     position = position_embedding_of(default)
     text = render_recipe(probe, model_type, type(model).__name__, position)
     recipe_id = f"{position}/{model_type.replace('-', '_').lower()}"
@@ -508,6 +513,32 @@ def scaffold_recipe(ref: str, out_root: Any, *, force: bool = False, check: bool
             path.unlink()  # nothing half-made is left behind
             raise
     return ScaffoldResult(str(path), recipe_id, model_type, probe, checks)
+
+
+def checkpoint_layers(model: Any, probe: Probe) -> str | None:
+    """How `save_pretrained` spells the layer list in tensor names, when not as the module path.
+
+    transformers 5 saves some multimodal models under their original checkpoint names (Gemma 3:
+    `language_model.model.layers` for the module `model.language_model.layers`); the fold reads and writes
+    checkpoint tensors, so the recipe must name that spelling.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    suffix = f".0.{probe.output_projection}.weight"
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        names: list[str] = []
+        for shard in Path(tmp).glob("*.safetensors"):
+            with safe_open(str(shard), "pt") as f:
+                names += [k for k in f.keys() if k.endswith(suffix)]
+    if f"{probe.layers}{suffix}" in names:
+        return None
+    if len(names) != 1:
+        raise _refuse(probe.layers, f"cannot tell how checkpoints name {probe.layers}{suffix} ({len(names)} candidates)")
+    return names[0][: -len(suffix)]
 
 
 def _model_type_of(ref: str) -> str:

@@ -30,9 +30,9 @@ from __future__ import annotations
 import re
 from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 RECIPE_SCHEMA_VERSION = 1
 
@@ -110,9 +110,24 @@ class Heads(_Strict):
     hidden_size: ConfigKeys = Field(default_factory=lambda: ["hidden_size"])
     head_dim: list[str] = Field(
         default_factory=list,
-        description="Config attributes holding head_dim (Gemma, Qwen3 set it apart from hidden/heads). "
-        "Empty or all absent: head_dim = hidden_size // num_heads.",
+        description="Config attributes holding head_dim (Gemma, Qwen3 set it apart from hidden/heads; MLA models "
+        "name v_head_dim). Empty or all absent: head_dim = hidden_size // num_heads.",
     )
+    checkpoint_layers: str | None = Field(
+        default=None,
+        description="The decoder-layer list as the checkpoint's tensor names spell it, when that differs from the "
+        "module path `layers` (Gemma 3 checkpoints store `model.language_model.layers` as "
+        "`language_model.model.layers`). Absent: the same as `layers`.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_checkpoint_layers(self, handler: Any) -> Any:
+        # Absent stays absent in a dump, so recipes without it keep the digests their manifests record.
+        data = handler(self)
+        if self.checkpoint_layers is None and isinstance(data, dict):
+            data.pop("checkpoint_layers", None)
+        return data
 
 
 class ProxyTask(_Strict):
