@@ -86,6 +86,10 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "granitemoeshared": {"logits_scaling": 4.0},
 }
 
+# Attention classes that mix config.head_dim and hidden_size // heads, so only run when they agree: the tiny
+# config gets no head_dim of its own (their recipes derive it, which is exact for every loadable checkpoint).
+HEAD_DIM_IS_HIDDEN_OVER_HEADS = {"olmoe", "persimmon", "bitnet"}
+
 # Keys set even where the default config leaves them None (the modeling code then reads the small value).
 _SET_WHEN_NONE = {"head_dim", "num_key_value_heads", "num_experts_per_tok"}
 
@@ -102,7 +106,7 @@ PROBE_FACTOR = 3.0
 PROBE_RTOL = 1e-4
 
 
-def _shrink(config: Any, sizes: dict[str, Any]) -> dict[str, Any]:
+def _shrink(config: Any, sizes: dict[str, Any], depth: int = 0, force_head_dim: bool = True) -> dict[str, Any]:
     """Constructor kwargs for a smaller copy of `config`: its own keys that `sizes` names, sub-configs shrunk."""
     current = config.to_dict()
     kwargs = {
@@ -110,6 +114,11 @@ def _shrink(config: Any, sizes: dict[str, Any]) -> dict[str, Any]:
         for key, value in sizes.items()
         if key in current and (current[key] is not None or key in _SET_WHEN_NONE)
     }
+    if depth == 0 and force_head_dim and "head_dim" not in current and "head_dim" in sizes:
+        # Many attention classes read getattr(config, "head_dim", hidden // heads) although the config class
+        # declares no head_dim (Qwen2, Qwen3-MoE, Mixtral...), and released checkpoints set it (Qwen3-30B-A3B:
+        # 128, not 2048 / 32). Set it anyway: if the model reads it, the probe sees 16, not 12.
+        kwargs["head_dim"] = sizes["head_dim"]
     if "qk_rope_head_dim" in current:
         # MLA (DeepSeek-V2/V3): head_dim is derived from the rope/nope split, and keys are not grouped.
         kwargs.pop("head_dim", None)
@@ -123,7 +132,7 @@ def _shrink(config: Any, sizes: dict[str, Any]) -> dict[str, Any]:
         sub = getattr(config, key, None)
         if sub is not None and hasattr(sub, "to_dict"):
             # Only the shrunk keys: per-layer lists (layer_types, moe_layers...) are recomputed for the new depth.
-            kwargs[key] = _shrink(sub, sizes)
+            kwargs[key] = _shrink(sub, sizes, depth + 1)
     return kwargs
 
 
@@ -134,7 +143,8 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
         UnsupportedArchitectureError: transformers does not know `model_type`.
     """
     default = default_config(model_type)
-    kwargs = _shrink(default, TINY_SIZES) | TINY_OVERRIDES.get(model_type, {}) | overrides
+    kwargs = _shrink(default, TINY_SIZES, force_head_dim=model_type not in HEAD_DIM_IS_HIDDEN_OVER_HEADS)
+    kwargs |= TINY_OVERRIDES.get(model_type, {}) | overrides
     return type(default)(**kwargs)
 
 

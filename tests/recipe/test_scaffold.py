@@ -16,11 +16,13 @@ from pearzoo.scaffold import probe_model, scaffold_probe, tiny_config, tiny_mode
     "model_type, layers, projection, layout, head_dim, head_dim_keys",
     [
         ("llama", "model.layers", "self_attn.o_proj", "columns", 16, ["head_dim"]),  # head_dim != 48 / 4
-        ("qwen2_moe", "model.layers", "self_attn.o_proj", "columns", 12, []),  # no head_dim key: hidden // heads
+        ("olmoe", "model.layers", "self_attn.o_proj", "columns", 12, []),  # no head_dim key: hidden // heads
+        # Qwen2MoeConfig declares no head_dim, but Qwen2MoeAttention reads getattr(config, "head_dim", ...).
+        ("qwen2_moe", "model.layers", "self_attn.o_proj", "columns", 16, ["head_dim"]),
         ("gpt2", "transformer.h", "attn.c_proj", "rows", 12, []),  # Conv1D
         ("deepseek_v3", "model.layers", "self_attn.o_proj", "columns", 12, ["v_head_dim"]),  # MLA
         ("gemma3", "model.language_model.layers", "self_attn.o_proj", "columns", 16, ["head_dim"]),  # nested
-        ("phi", "model.layers", "self_attn.dense", "columns", 12, []),
+        ("phi", "model.layers", "self_attn.dense", "columns", 16, ["head_dim"]),
     ],
 )
 def test_probe_finds_the_projection_and_layout(model_type, layers, projection, layout, head_dim, head_dim_keys):
