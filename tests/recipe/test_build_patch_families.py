@@ -88,3 +88,22 @@ def test_build_patch_load(model_type: str, tmp_path: Path, capsys: pytest.Captur
     assert (got - hooked).abs().max().item() <= LOGIT_ATOL
     if any(abs(tau - 1) > 1e-3 for tau in coefficients.values()):
         assert (got - base).abs().max().item() > LOGIT_ATOL
+
+
+def test_tokenizer_larger_than_the_embedding_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    model, _ = tiny_model("gpt2")  # a 128-row embedding
+    model.save_pretrained(tmp_path / "m")
+    vocab = {f"w{i}": i for i in range(300)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="w0"))).save_pretrained(tmp_path / "m")
+    capsys.readouterr()  # save_pretrained's progress bar
+    code, _, err = run_cli(["build", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.json"), *FAST_BUILD], capsys)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"error: {tmp_path / 'm'}: the tokenizer has 300 tokens but the model's embedding only 128 "
+        "(tokenizer files of another model?)"
+    ]
+    assert not (tmp_path / "x.json").exists()
