@@ -230,10 +230,10 @@ def _gpt_neo() -> PreTrainedConfig:
 
 
 def _scaffolded(model_type: str) -> Callable[[], PreTrainedConfig]:
-    """The config `pearzoo recipes scaffold` probes: the config class's defaults shrunk by pearzoo.scaffold
+    """The config `pearzoo recipes scaffold` probes: the config class's defaults shrunk by pearzoo.probe
     (3 layers, 4 query heads over 2 KV heads, hidden 48 with head_dim 16 where the config has a head_dim key,
     MLA with v_head_dim 12 != qk 16, 4 experts, vocabulary 128), nested text configs shrunk the same way."""
-    from pearzoo.scaffold import tiny_config as scaffold_config
+    from pearzoo.probe import tiny_config as scaffold_config
 
     return lambda: scaffold_config(model_type)
 

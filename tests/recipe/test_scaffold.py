@@ -1,4 +1,4 @@
-"""`pearzoo recipes scaffold` and the probe behind it (pearzoo/scaffold.py), and the unsupported catalog."""
+"""`pearzoo recipes scaffold` and the probe behind it (pearzoo/probe.py, pearzoo/scaffold.py), and the unsupported catalog."""
 
 import json
 
@@ -9,7 +9,7 @@ from cli_run import run_cli
 from pearzoo.errors import UnsupportedArchitectureError
 from pearzoo.recipe.catalog import list_recipes, recipe_for_config, unsupported_reasons
 from pearzoo.recipe.load import load_recipe
-from pearzoo.scaffold import probe_model, scaffold_probe, tiny_config, tiny_model
+from pearzoo.probe import probe_model, scaffold_probe, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize(
