@@ -11,7 +11,7 @@ from typing import Any
 
 from pearzoo.binding import base_digests, base_files
 from pearzoo.errors import BudgetError, InvalidInputError
-from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config
+from pearzoo.heads import HeadGeometry, HeadId, geometry_from_config, text_config
 from pearzoo.manifest.schema import Manifest
 from pearzoo.recipe.catalog import get_recipe, recipe_for_config
 from pearzoo.recipe.schema import Recipe
@@ -51,6 +51,7 @@ class BuildContext:
     tokenizer: Any
     geometry: HeadGeometry
     space: Any
+    k: int = 0  # locate.k resolved against this model's heads (a recipe may give a percentage)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -102,15 +103,22 @@ def prepare(options: BuildOptions, recipe: tuple[Recipe, Path] | None = None) ->
             field="recipe",
         )
     geometry = geometry_from_config(recipe.heads, config)
-    if recipe.locate.k > geometry.total_heads:
-        raise InvalidInputError(
-            f"locate.k: {recipe.locate.k} exceeds the model's {geometry.total_heads} heads", field="locate.k"
-        )
+    k = recipe.locate.resolve_k(geometry.total_heads)
+    if k > geometry.total_heads:
+        raise InvalidInputError(f"locate.k: {k} exceeds the model's {geometry.total_heads} heads", field="locate.k")
     vocab = model.get_input_embeddings().weight.shape[0]
     if tokenizer is not None:
+        # A tokenizer that emits ids the embedding has no row for would fail later as an IndexError.
+        if len(tokenizer) > vocab:
+            raise InvalidInputError(
+                f"{source.path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only {vocab} "
+                "(tokenizer files of another model?)",
+                field="tokenizer",
+            )
         vocab = min(vocab, len(tokenizer))
-    space = token_space(recipe.proxy, vocab, _special_ids(tokenizer, config), getattr(config, "bos_token_id", None))
-    ctx = BuildContext(options, source, recipe, recipe_path, model, tokenizer, geometry, space)
+    text_cfg = text_config(config)
+    space = token_space(recipe.proxy, vocab, _special_ids(tokenizer, text_cfg), getattr(text_cfg, "bos_token_id", None))
+    ctx = BuildContext(options, source, recipe, recipe_path, model, tokenizer, geometry, space, k=k)
     ctx.seconds["load"] = time.perf_counter() - start
     return ctx
 
@@ -131,7 +139,8 @@ def run_locate(ctx: BuildContext, progress: ProgressFactory | None = None, candi
     update, close = _bar(progress, f"locate ({ctx.recipe.locate.scope.value})", total)
     try:
         result = locate_heads(
-            ctx.model, ctx.geometry, ctx.recipe.locate, ctx.space, ctx.recipe.seed, update, candidates=candidates
+            ctx.model, ctx.geometry, ctx.recipe.locate.model_copy(update={"k": ctx.k}), ctx.space, ctx.recipe.seed,
+            update, candidates=candidates,
         )
     finally:
         close()
@@ -253,6 +262,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
         tensors=base_digests(ctx.source, ctx.model, {ctx.geometry.tensor_name(h.layer) for h in heads}),
         files=base_files(ctx.source),
         label=options.model,
+        k=ctx.k,
         copy_before=before,
         copy_after=after,
         copy_sequences=METRIC_SEQUENCES,

@@ -44,6 +44,7 @@ class HeadGeometry:
     layout: Layout
     layers_path: str
     output_projection: str
+    checkpoint_layers_path: str | None = None  # the layer list as checkpoint tensor names spell it, if different
 
     @property
     def total_heads(self) -> int:
@@ -57,8 +58,10 @@ class HeadGeometry:
         return f"{self.layers_path}.{layer}.{self.output_projection}"
 
     def tensor_name(self, layer: int) -> str:
-        """State-dict name of the weight the fold scales."""
-        return f"{self.module_path(layer)}.weight"
+        """Checkpoint tensor name of the weight the fold scales (the module path unless the recipe names
+        `checkpoint_layers`, as for decoders nested in a multimodal model)."""
+        layers = self.checkpoint_layers_path or self.layers_path
+        return f"{layers}.{layer}.{self.output_projection}.weight"
 
     @property
     def axis(self) -> int:
@@ -100,7 +103,18 @@ def _first(config: Any, keys: list[str], what: str) -> int:
 
 
 def text_config(config: Any) -> Any:
-    """The decoder's config for multimodal wrappers; the config itself otherwise."""
+    """The decoder's config for multimodal wrappers; the config itself otherwise.
+
+    A raw config.json mapping of a multimodal model (Gemma 3) nests the decoder's keys under `text_config`, and
+    omits those left at their defaults: it is read through its transformers config class, which fills them in.
+    """
+    if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.for_model(**config)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"config: cannot read the nested text_config ({exc})".splitlines()[0], field="text_config") from exc
     getter = getattr(config, "get_text_config", None)
     return getter(decoder=True) if callable(getter) else config
 
@@ -134,6 +148,7 @@ def geometry_from_config(heads: Heads, config: Any) -> HeadGeometry:
         layout=heads.layout,
         layers_path=heads.layers,
         output_projection=heads.output_projection,
+        checkpoint_layers_path=heads.checkpoint_layers,
     )
 
 

@@ -337,12 +337,24 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     tokenizer = None
-    try:
-        tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
-    except Exception as exc:  # a model without a tokenizer is still usable for the proxy task
-        logger.info("no tokenizer for %s: %s", source.path, exc)
+    if source.gguf_file or has_tokenizer_files(source.path):
+        try:
+            tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+            tokenizer = AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
+        except Exception as exc:  # a model without a tokenizer is still usable for the proxy task
+            logger.info("no tokenizer for %s: %s", source.path, exc)
+    else:
+        logger.info("no tokenizer files in %s: the proxy task uses the model's vocabulary", source.path)
     return model, tokenizer
+
+
+# Files a tokenizer is read from. transformers 5 fabricates an empty tokenizer (length 1) for a folder with none
+# of them, which would shrink the proxy task's vocabulary to nothing; such a folder has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model")
+
+
+def has_tokenizer_files(path: Path) -> bool:
+    return any((path / name).is_file() for name in TOKENIZER_FILES) or any(path.glob("*.tiktoken"))
 
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}

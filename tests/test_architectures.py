@@ -69,7 +69,32 @@ def refusal(case: Any) -> str | None:
 
 # (check, recipe id, model_type, variant) -> (reason, exception it fails with), for checks that fail for a known,
 # reported pearzoo/ defect. strict: once the defect is fixed the case passes, fails here, and the entry goes.
-KNOWN_DEFECTS: dict[tuple[str, str, str, str], tuple[str, type[BaseException]]] = {}
+# Reported to the lead with the fix (pearzoo/locate.py is not this gate's to change):
+# - READOUT_SCALE: locate's linear read-out (`_Readout`) computes logits as lm_head(h) and misses a constant
+#   factor these models apply (Cohere: logits * logit_scale; Granite: logits / logits_scaling; MiniCPM3:
+#   lm_head(h / (hidden_size / dim_model_base))). Every metric is off by that factor: relative scores, the
+#   ranking and so the selected heads are unchanged, but the reported metrics are not the spec's.
+# - BASE_MODEL: Llama4ForCausalLM declares base_model_prefix "language_model" but keeps its decoder at `.model`,
+#   so `model.base_model` is the whole model and locate's cached steps read the wrong output.
+READOUT_SCALE = "locate's read-out omits the model's constant logit scale (Cohere logit_scale, Granite logits_scaling, MiniCPM3 dim_model_base)"
+BASE_MODEL = "locate uses model.base_model, which is the whole Llama4ForCausalLM (base_model_prefix 'language_model' is not an attribute)"
+_LOCATE_DEFECTS = {
+    ("rope/cohere", "cohere"): READOUT_SCALE,
+    ("rope/cohere2", "cohere2"): READOUT_SCALE,
+    ("rope/cohere2_moe", "cohere2_moe"): READOUT_SCALE,
+    ("rope/granite", "granite"): READOUT_SCALE,
+    ("rope/granite_swa", "granite_swa"): READOUT_SCALE,
+    ("rope/granitemoe", "granitemoe"): READOUT_SCALE,
+    ("rope/granitemoe_swa", "granitemoe_swa"): READOUT_SCALE,
+    ("rope/granitemoeshared", "granitemoeshared"): READOUT_SCALE,
+    ("rope/minicpm3", "minicpm3"): READOUT_SCALE,
+    ("rope/llama4", "llama4"): BASE_MODEL,
+    ("rope/llama4", "llama4_text"): BASE_MODEL,
+}
+KNOWN_DEFECTS: dict[tuple[str, str, str, str], tuple[str, type[BaseException] | tuple[type[BaseException], ...]]] = {
+    ("locate", recipe_id, model_type, "tiny"): (reason, (AssertionError, AttributeError))
+    for (recipe_id, model_type), reason in _LOCATE_DEFECTS.items()
+}
 
 
 @functools.cache
@@ -301,7 +326,7 @@ def test_mean_ablation_moves_projection_by_hand_value(case: Case) -> None:
 
 def _space(model: Any, recipe: Recipe) -> TokenSpace:
     cfg = model.config.get_text_config(decoder=True)
-    special = {i for i in (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) if isinstance(i, int)}
+    special = {i for i in (getattr(cfg, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")) if isinstance(i, int)}
     return token_space(recipe.proxy, cfg.vocab_size, special, cfg.bos_token_id)
 
 
@@ -388,7 +413,7 @@ def test_locate_matches_reference(case: Case, scope: Scope) -> None:
 def _modeling_head_dim(model: Any, geometry: HeadGeometry) -> int:
     """head_dim as the attention module itself defines it (not the config keys the recipe names)."""
     attention = model.get_submodule(geometry.module_path(0).rsplit(".", 1)[0])
-    for name in ("head_dim", "head_size"):
+    for name in ("v_head_dim", "head_dim", "head_size"):  # MLA: the output projection reads v_head_dim
         value = getattr(attention, name, None)
         if isinstance(value, int):
             return value
@@ -402,7 +427,7 @@ def test_recipe_resolves_with_modeling_geometry(case: Case) -> None:
     resolved, path = recipe_for_config(model.config, model_id=model_id)
     assert resolved.id == recipe.id
     assert path == builtin_recipes_dir() / f"{recipe.id}.yaml"
-    cfg = model.config
+    cfg = model.config.get_text_config(decoder=True)  # nested decoders (Gemma 3, Llama 4) keep it apart
     assert geometry.num_layers == cfg.num_hidden_layers
     assert geometry.num_heads == cfg.num_attention_heads
     assert geometry.head_dim == _modeling_head_dim(model, geometry)

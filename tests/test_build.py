@@ -60,10 +60,10 @@ def test_heads_are_the_top_k_of_the_scores(stories260k_dir, manifest):
 
 def test_unsupported_and_oversized_requests(stories260k_dir, tmp_path):
     cfg = json.loads((stories260k_dir / "config.json").read_text())
-    other = tmp_path / "mamba"
+    other = tmp_path / "falcon_h1"  # no recipe; mamba now gets recipes/unsupported.yaml's reason instead
     other.mkdir()
-    (other / "config.json").write_text(json.dumps(cfg | {"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
-    with pytest.raises(UnsupportedArchitectureError, match="no recipe covers model_type 'mamba'"):
+    (other / "config.json").write_text(json.dumps(cfg | {"model_type": "falcon_h1", "architectures": ["FalconH1ForCausalLM"]}))
+    with pytest.raises(UnsupportedArchitectureError, match="no recipe covers model_type 'falcon_h1'"):
         prepare(BuildOptions(model=str(other)))
     with pytest.raises(InvalidInputError, match="locate.k: 41 exceeds the model's 40 heads"):
         prepare(BuildOptions(model=str(stories260k_dir), recipe="rope/llama", overrides=["locate.k=41"]))

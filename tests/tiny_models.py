@@ -229,6 +229,32 @@ def _gpt_neo() -> PreTrainedConfig:
     )  # fmt: skip
 
 
+def _scaffolded(model_type: str) -> Callable[[], PreTrainedConfig]:
+    """The config `pearzoo recipes scaffold` probes: the config class's defaults shrunk by pearzoo.probe
+    (3 layers, 4 query heads over 2 KV heads, hidden 48 with head_dim 16 where the config has a head_dim key,
+    MLA with v_head_dim 12 != qk 16, 4 experts, vocabulary 128), nested text configs shrunk the same way."""
+    from pearzoo.probe import tiny_config as scaffold_config
+
+    return lambda: scaffold_config(model_type)
+
+
+# Architectures whose recipes were written by `pearzoo recipes scaffold` and reviewed against their modeling
+# code; their tiny models are the scaffold's own (one variant, "tiny"). The awkward cases are in the defaults:
+# GPT-OSS has attention sinks, DeepSeek-V2/V3, GLM-4-MoE-Lite, MiniCPM3, Youtu and Sarvam-MLA use MLA
+# (o_proj input = heads x v_head_dim), Gemma 3 and Llama 4 nest the decoder, Cohere runs attention and MLP in
+# parallel, the MoE models route through experts (untouched by the fold).
+SCAFFOLDED = [
+    "apertus", "arcee", "aria_text", "biogpt", "codegen", "cohere", "cohere2", "cohere2_moe", "cwm",
+    "deepseek_v2", "deepseek_v3", "doge", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4", "exaone_moe",
+    "flex_olmo", "gemma3", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt_bigcode", "gpt_oss", "gptj",
+    "granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared", "helium", "hunyuan_v1_dense",
+    "hunyuan_v1_moe", "hyperclovax", "internlm3", "jais2", "llama4", "llama4_text", "mellum", "mimo_v2_flash",
+    "minicpm3", "minicpm5_moe", "minimax_m2", "ministral", "ministral3", "mixtral", "nanochat", "nemotron", "olmo",
+    "olmo2", "olmo3", "olmoe", "param2moe", "persimmon", "phi", "phimoe", "qwen2_moe", "qwen3_moe", "sarvam_mla",
+    "sarvam_moe", "seed_oss", "smollm3", "solar_open", "stablelm", "vaultgemma", "youtu",
+]  # fmt: skip
+
+
 # model_type -> variant name -> config factory. The first variant is the default.
 _CONFIGS: dict[str, dict[str, Callable[[], PreTrainedConfig]]] = {
     "llama": {"gqa": _llama},
@@ -247,7 +273,7 @@ _CONFIGS: dict[str, dict[str, Callable[[], PreTrainedConfig]]] = {
     "gpt2": {"conv1d": _gpt2},
     "opt": {"bias": _opt, "350m": _opt_350m},
     "gpt_neo": {"local": _gpt_neo},
-}
+} | {model_type: {"tiny": _scaffolded(model_type)} for model_type in SCAFFOLDED}
 
 
 def variants(model_type: str) -> list[str]:

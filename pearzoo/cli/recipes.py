@@ -87,5 +87,50 @@ def schema_command(check: bool, write: bool, name: str) -> None:
     click.echo(render(schemas()[name]), nl=False)
 
 
+@recipes.command("scaffold")
+@click.argument("model")
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), default=None,
+    help="Recipes root to write <family>/<model_type>.yaml under (default: the built-in recipes/).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe file.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Run the fold checks on the written recipe.")
+@json_option
+def scaffold_command(model: str, out: Path | None, force: bool, check: bool, json_mode: bool) -> None:
+    """Write a recipe for MODEL (a model_type, a model folder or a Hub id) by probing a tiny random model.
+
+    Builds a tiny model of the architecture from its transformers config class, scales one head's output
+    per layer and finds the projection whose input moves in exactly that head's slice, writes the recipe
+    (extending the family's base recipe) and checks hooks == fold and tau = 1 on it. Exits 3, in one line,
+    where no per-head projection exists. Review the file against the modeling code, add a tiny model to
+    tests/tiny_models.py and run tests/test_architectures.py before committing.
+
+    \b
+    Examples:
+      pearzoo recipes scaffold qwen3_moe
+      pearzoo recipes scaffold ./my-model --out ./my-recipes
+    """
+    from pearzoo.recipe.catalog import builtin_recipes_dir
+    from pearzoo.scaffold import scaffold_recipe
+
+    result = scaffold_recipe(model, out or builtin_recipes_dir(), force=force, check=check)
+    p = result.probe
+    data = {
+        "path": result.path,
+        "recipe_id": result.recipe_id,
+        "model_type": result.model_type,
+        "heads": p.heads_section(),
+        "probed": {"num_layers": p.num_layers, "num_heads": p.num_heads, "head_dim": p.head_dim},
+        "checks": result.checks,
+    }
+    lines = [
+        f"wrote {result.path} ({result.recipe_id})",
+        f"  {p.layers}[i].{p.output_projection} ({p.layout}): {p.num_layers} layers x {p.num_heads} heads x head_dim {p.head_dim}",
+        *(f"  ok {line}" for line in result.checks),
+        "next: review it against the modeling code, add a tiny model to tests/tiny_models.py, run tests/test_architectures.py",
+    ]
+    Output(json_mode=json_mode).result(data, "\n".join(lines))
+
+
 def register(group: click.Group) -> None:
     group.add_command(recipes)

@@ -31,6 +31,7 @@ def assemble_manifest(
     tensors: dict[str, str],
     files: dict[str, str] | None = None,
     label: str | None = None,
+    k: int | None = None,
     copy_before: Any,
     copy_after: Any,
     copy_sequences: int,
@@ -49,6 +50,8 @@ def assemble_manifest(
         tensors (`dict[str, str]`): sha256 of each base tensor the fold touches.
         files (`dict[str, str]`, *optional*): sha256 of every weight file of the base (schema 2's whole-base binding).
         label (`str`, *optional*): the model as the user named it, for errors (default: the model id).
+        k (`int`, *optional*): the number of heads located, resolved for this model (a recipe may give a percentage);
+            default the recipe's `locate.k`.
         copy_before, copy_after: the held-out copy score (`accuracy`, `loss`) without and with the coefficients.
         copy_sequences (`int`): how many held-out sequences those scores used.
         environment (`BuildInfo`): from `pearzoo.manifest.environment.build_environment`.
@@ -92,7 +95,7 @@ def assemble_manifest(
         },
         "locate": {
             "scope": recipe.locate.scope.value,
-            "k": recipe.locate.k,
+            "k": recipe.locate.k if k is None else k,
             "configurations": [
                 {"samples": c.samples, "length": c.length, "clean_metric": c.clean_metric} for c in located.configurations
             ],

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 from pearzoo.digest import document_digest
 from pearzoo.document import check_version, parse_text, read_capped, validate_into
-from pearzoo.errors import InvalidInputError
+from pearzoo.errors import InvalidInputError, NotFoundError
 from pearzoo.recipe.schema import RECIPE_SCHEMA_VERSION, Recipe
 
 
@@ -47,10 +48,71 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         >>> load_recipe("recipes/rope/llama.yaml", ["locate.k=4"]).locate.k
         4
     """
-    data = read_recipe_document(path)
+    data = resolve_extends(read_recipe_document(path), Path(path))
     if overrides:
         data = apply_overrides(data, overrides, source=str(path))
     return parse_recipe(data, source=str(path))
+
+
+# A recipe states these itself; they are never inherited (a child that inherited `match` would cover its parent's
+# model_types a second time).
+NOT_INHERITED = ("id", "version", "description", "match")
+MAX_EXTENDS_DEPTH = 8
+
+
+def resolve_extends(data: Any, path: Path, chain: tuple[str, ...] = ()) -> Any:
+    """Merge a recipe document onto the recipe its `extends` names, recursively; return the resolved document.
+
+    `extends: rope/llama` names a recipe id, looked up beside the file (`<root>/rope/llama.yaml` for a file at
+    `<root>/<family>/<name>.yaml`) and then among the built-in recipes. Mappings merge key by key; lists and
+    scalars replace; `id`, `version`, `description` and `match` come only from the file itself. The result has
+    no `extends` key: it is the recipe a manifest records (and digests).
+
+    Raises:
+        InvalidInputError: `extends` is not a recipe id, is circular or too deep.
+        NotFoundError: no recipe has that id.
+    """
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    parent_id = data["extends"]
+    if not isinstance(parent_id, str) or not _ID_LIKE.match(parent_id):
+        raise InvalidInputError(f"{path}: extends: must be a recipe id such as 'rope/llama'", path=str(path), field="extends")
+    own_id = data.get("id") if isinstance(data.get("id"), str) else str(path)
+    if parent_id in chain or parent_id == own_id or len(chain) >= MAX_EXTENDS_DEPTH:
+        raise InvalidInputError(
+            f"{path}: extends: '{parent_id}' is circular or too deep ({' -> '.join((*chain, own_id, parent_id))})",
+            path=str(path),
+            field="extends",
+        )
+    parent_path = _parent_path(parent_id, path)
+    parent = resolve_extends(read_recipe_document(parent_path), parent_path, (*chain, own_id))
+    if not isinstance(parent, dict):
+        raise InvalidInputError(f"{parent_path}: a recipe must be a mapping", path=str(parent_path))
+    base = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
+    return _merge(base, {k: v for k, v in data.items() if k != "extends"})
+
+
+_ID_LIKE = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$")
+
+
+def _parent_path(parent_id: str, path: Path) -> Path:
+    from pearzoo.recipe.catalog import builtin_recipes_dir
+
+    for root in (path.resolve().parent.parent, builtin_recipes_dir()):
+        candidate = root / f"{parent_id}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise NotFoundError(f"{path}: extends: recipe '{parent_id}' not found", path=str(path), field="extends")
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) -> dict[str, Any]:

@@ -28,10 +28,11 @@ Example (``recipes/rope/llama.yaml``)::
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 RECIPE_SCHEMA_VERSION = 1
 
@@ -109,9 +110,24 @@ class Heads(_Strict):
     hidden_size: ConfigKeys = Field(default_factory=lambda: ["hidden_size"])
     head_dim: list[str] = Field(
         default_factory=list,
-        description="Config attributes holding head_dim (Gemma, Qwen3 set it apart from hidden/heads). "
-        "Empty or all absent: head_dim = hidden_size // num_heads.",
+        description="Config attributes holding head_dim (Gemma, Qwen3 set it apart from hidden/heads; MLA models "
+        "name v_head_dim). Empty or all absent: head_dim = hidden_size // num_heads.",
     )
+    checkpoint_layers: str | None = Field(
+        default=None,
+        description="The decoder-layer list as the checkpoint's tensor names spell it, when that differs from the "
+        "module path `layers` (Gemma 3 checkpoints store `model.language_model.layers` as "
+        "`language_model.model.layers`). Absent: the same as `layers`.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_checkpoint_layers(self, handler: Any) -> Any:
+        # Absent stays absent in a dump, so recipes without it keep the digests their manifests record.
+        data = handler(self)
+        if self.checkpoint_layers is None and isinstance(data, dict):
+            data.pop("checkpoint_layers", None)
+        return data
 
 
 class ProxyTask(_Strict):
@@ -135,6 +151,9 @@ class ProxyTask(_Strict):
         return value
 
 
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
 class LocateConfiguration(_Strict):
     samples: int = Field(ge=2, description="Number of sequences N (the mean ablation needs at least 2).")
     length: int = Field(ge=2, description="Length n of the random sequence; the input is 2n tokens.")
@@ -144,7 +163,11 @@ class LocateSpec(_Strict):
     """How suppression heads are located (spec §2)."""
 
     scope: Scope = Field(default=Scope.path, description="`path` (authors' path patching) or `total` (mean ablation).")
-    k: int = Field(ge=1, description="Number of suppression heads kept (top-K by averaged relative score).")
+    k: int | str = Field(
+        description="Number of suppression heads kept (top-K by averaged relative score): a count (>= 1), or a "
+        "percentage of all heads such as `3%` (rounded half up, at least 1), so one recipe fits 135M to 70B "
+        "models. A manifest records the resolved count."
+    )
     configurations: list[LocateConfiguration] = Field(
         min_length=1,
         default_factory=lambda: [
@@ -155,6 +178,25 @@ class LocateSpec(_Strict):
         ],
         description="(samples, length) pairs; scores are averaged over them. Default: the authors' four.",
     )
+    @field_validator("k")
+    @classmethod
+    def _k(cls, value: int | str) -> int | str:
+        if isinstance(value, str):
+            m = _PERCENT.match(value.strip())
+            if not m or not 0 < float(m.group(1)) <= 100:
+                raise ValueError("must be a count >= 1 or a percentage in (0%, 100%] such as '3%'")
+            return value.strip()
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    def resolve_k(self, total_heads: int) -> int:
+        """K for a model with `total_heads` heads: the count itself, or the percentage rounded half up, at least 1."""
+        if isinstance(self.k, int):
+            return self.k
+        fraction = Decimal(self.k[:-1]) * total_heads / 100
+        return max(1, int(fraction.to_integral_value(rounding=ROUND_HALF_UP)))
+
     max_batch_rows: int = Field(
         default=1024, ge=1, description="Upper bound on rows (heads x samples) recomputed in one batch."
     )
@@ -229,6 +271,15 @@ class TrainSpec(_Strict):
     tau_range: TauRange = Field(default_factory=TauRange, description="Bounds every learned coefficient must meet.")
 
 
+    @model_serializer(mode="wrap")
+    def _omit_default_tau_range(self, handler: Any) -> Any:
+        # The default range is left out of a dump, so recipes that do not set one keep the digests their shipped
+        # manifests record; readers of a recorded recipe without it use the same default (manifest/bounds.py).
+        data = handler(self)
+        if self.tau_range == TauRange() and isinstance(data, dict):
+            data.pop("tau_range", None)
+        return data
+
 class AuditTolerances(_Strict):
     """How far a rebuild may drift from a published manifest before `pearzoo audit` fails."""
 
@@ -283,3 +334,17 @@ class Recipe(_Strict):
         if family not in allowed:
             raise ValueError(f"id family '{family}' does not match position_embedding '{self.position_embedding.value}'")
         return self
+
+
+class UnsupportedEntry(_Strict):
+    """model_types pearzoo cannot patch, with the one-line reason `pearzoo build` gives."""
+
+    model_types: list[str] = Field(min_length=1)
+    reason: str = Field(min_length=1, description="Why: what the architecture lacks (spec §4).")
+
+
+class UnsupportedCatalog(_Strict):
+    """`recipes/unsupported.yaml`."""
+
+    schema_version: Literal[1]
+    unsupported: list[UnsupportedEntry]

@@ -71,7 +71,8 @@ def test_a_manifest_cannot_declare_an_absurd_range(manifest_doc, tau_range, mess
 
 def test_manifests_without_a_recorded_range_get_the_default(manifest_doc):
     doc = json.loads(json.dumps(manifest_doc))
-    del doc["recipe"]["settings"]["train"]["tau_range"]
+    # A recipe that keeps the default range records none (its digest stays that of the shipped manifests).
+    assert "tau_range" not in doc["recipe"]["settings"]["train"]
     doc["recipe"]["digest"] = document_digest(doc["recipe"]["settings"])
     assert parse_manifest(seal(doc), source="m").heads[0].coefficient == manifest_doc["heads"][0]["coefficient"]
     with pytest.raises(InvalidInputError, match=r"is outside \(0, 4\]"):

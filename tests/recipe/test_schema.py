@@ -30,7 +30,7 @@ def test_overrides_apply_and_change_the_digest():
     "mutate, message",
     [
         (lambda d: d["locate"].__setitem__("kk", 3), "locate.kk: unknown key"),
-        (lambda d: d["locate"].__setitem__("k", 0), "locate.k: Input should be greater than or equal to 1"),
+        (lambda d: d["locate"].__setitem__("k", 0), "locate.k: Value error, must be >= 1"),
         (lambda d: d["heads"].__setitem__("layout", "diagonal"), "heads.layout: Input should be 'columns' or 'rows'"),
         (lambda d: d.__setitem__("version", "1.0"), "version: Value error, must be MAJOR.MINOR.PATCH"),
         (lambda d: d.__setitem__("id", "alibi/llama"), "Value error, id family 'alibi' does not match position_embedding 'rope'"),
@@ -78,5 +78,21 @@ def test_recipe_resolution_prefers_model_specific_instance():
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
     assert recipe_for_config(config)[0].id == "rope/llama"
     assert recipe_for_config(config, "HuggingFaceTB/SmolLM2-135M-Instruct")[0].id == "rope/smollm2-135m"
-    with pytest.raises(UnsupportedArchitectureError, match="no recipe covers model_type 'mamba'"):
+    with pytest.raises(UnsupportedArchitectureError, match="^no recipe covers model_type 'falcon_h1'"):
+        recipe_for_config({"model_type": "falcon_h1"})
+    with pytest.raises(UnsupportedArchitectureError, match="^model_type 'mamba' cannot be patched: recurrent"):
         recipe_for_config({"model_type": "mamba"})
+
+
+def test_checkpoint_layers_is_dumped_only_when_set():
+    from pearzoo.heads import geometry_from_config
+
+    llama, _ = get_recipe(LLAMA)
+    assert "checkpoint_layers" not in llama.model_dump(mode="json")["heads"]
+    gemma3, _ = get_recipe("rope/gemma3")
+    assert gemma3.model_dump(mode="json")["heads"]["checkpoint_layers"] == "language_model.model.layers"
+    config = {"model_type": "gemma3", "text_config": {"num_hidden_layers": 5, "num_attention_heads": 2, "head_dim": 8}}
+    geometry = geometry_from_config(gemma3.heads, config)
+    assert (geometry.num_layers, geometry.num_heads, geometry.head_dim) == (5, 2, 8)
+    assert geometry.module_path(4) == "model.language_model.layers.4.self_attn.o_proj"
+    assert geometry.tensor_name(4) == "language_model.model.layers.4.self_attn.o_proj.weight"
