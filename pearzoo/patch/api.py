@@ -150,25 +150,13 @@ def patch_model(
         from pearzoo.formats.patch import patch_to_gguf
 
         done, signature = patch_to_gguf(options, source, manifest, progress=progress)
-        if manifest.base.files is None and notify:
-            notify(
-                f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
-                f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
-            )
-        return PatchResult(
-            model_id=source.model_id,
-            requested=options.model,
-            revision=source.revision,
-            source=source.kind,
-            manifest=manifest.digest,
-            recipe=f"{manifest.recipe.id} {manifest.recipe.version}",
-            heads=[PatchedHead(layer=h.layer, head=h.head, coefficient=h.coefficient) for h in manifest.heads],
+        _warn_partial_binding(manifest, notify)
+        return _result(
+            options, source, manifest, start,
             tensors=sorted(t.name for t in done.tensors),
             shards=1,
             out=str(done.out) if done.out else None,
-            dry_run=options.dry_run,
             bytes_written=done.bytes_written,
-            seconds=round(time.perf_counter() - start, 3),
             format="gguf",
             signed_by=signed_by,
             output_signature=str(signature) if signature else None,
@@ -179,9 +167,10 @@ def patch_model(
         from pearzoo.patch.resolve import fetch_for_patch
 
         recorded_recipe(manifest)
-        _check_overlap(_out(options, source.model_id), source)
+        target = _out(options, source.model_id)
+        _check_overlap(target, source)
         if not options.dry_run:
-            check_out(_out(options, source.model_id), force=options.force)
+            check_out(target, force=options.force)
         source = fetch_for_patch(source, manifest)  # the Hub's file digests first, then only the needed files
     out = _out(options, source.model_id)
     _check_overlap(out, source)
@@ -206,25 +195,13 @@ def patch_model(
             exc.hint = _gguf_hint(manifest, source, options.model)
         raise
 
-    if manifest.base.files is None and notify:  # said once the patch is done: a failure stays one line
-        notify(
-            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
-            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
-        )
-    return PatchResult(
-        model_id=source.model_id,
-        requested=options.model,
-        revision=source.revision,
-        source=source.kind,
-        manifest=manifest.digest,
-        recipe=f"{manifest.recipe.id} {manifest.recipe.version}",
-        heads=[PatchedHead(layer=h.layer, head=h.head, coefficient=h.coefficient) for h in manifest.heads],
+    _warn_partial_binding(manifest, notify)  # said once the patch is done: a failure stays one line
+    return _result(
+        options, source, manifest, start,
         tensors=plan.tensors,
         shards=len(plan.files),
         out=str(out) if written else None,
-        dry_run=options.dry_run,
         bytes_written=written.bytes_written if written else 0,
-        seconds=round(time.perf_counter() - start, 3),
         signed_by=signed_by,
         output_signature=str(out / "model.sig") if written and finish else None,
     )
@@ -246,6 +223,30 @@ def _gguf_hint(manifest: Manifest, source: ModelSource, requested: str) -> str |
         f"patch that file{that}, or build a manifest for these: pearzoo build -m {requested} --out F, then --manifest F"
     )
 
+
+
+def _warn_partial_binding(manifest: Manifest, notify: Callable[[str], None] | None) -> None:
+    if manifest.base.files is None and notify:
+        notify(
+            f"manifest {manifest.digest[:12]} is schema_version {manifest.schema_version}: it binds the base only where "
+            f"it folds ({len(manifest.base.tensors)} tensors); the other weights are copied unchecked"
+        )
+
+
+def _result(options: PatchOptions, source: ModelSource, manifest: Manifest, start: float, **written: Any) -> PatchResult:
+    """What a patch did: the fields every output format shares, then `written` (tensors, shards, out, ...)."""
+    return PatchResult(
+        model_id=source.model_id,
+        requested=options.model,
+        revision=source.revision,
+        source=source.kind,
+        manifest=manifest.digest,
+        recipe=f"{manifest.recipe.id} {manifest.recipe.version}",
+        heads=[PatchedHead(layer=h.layer, head=h.head, coefficient=h.coefficient) for h in manifest.heads],
+        dry_run=options.dry_run,
+        seconds=round(time.perf_counter() - start, 3),
+        **written,
+    )
 
 def find_manifest(model: str, revision: str | None = None, registry: str | Path | None = None) -> Manifest | None:
     """The registry's manifest for a model (as `patch_model` would pick it), or None when none fits its weights.

@@ -10,17 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pearzoo.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
-from pearzoo.recipe.load import load_recipe
+from pearzoo.recipe.load import builtin_recipes_dir, load_recipe
 from pearzoo.recipe.schema import Recipe
-
-
-def builtin_recipes_dir() -> Path:
-    """The recipes shipped with pearzoo (inside the wheel, or the repo's `recipes/` in a checkout)."""
-    here = Path(__file__).resolve().parent.parent
-    packaged = here / "_recipes"
-    if packaged.is_dir():
-        return packaged
-    return here.parent / "recipes"
 
 
 @dataclass(frozen=True)

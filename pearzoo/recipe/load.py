@@ -95,9 +95,16 @@ def resolve_extends(data: Any, path: Path, chain: tuple[str, ...] = ()) -> Any:
 _ID_LIKE = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$")
 
 
-def _parent_path(parent_id: str, path: Path) -> Path:
-    from pearzoo.recipe.catalog import builtin_recipes_dir
+def builtin_recipes_dir() -> Path:
+    """The recipes shipped with pearzoo (inside the wheel, or the repo's `recipes/` in a checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "_recipes"
+    if packaged.is_dir():
+        return packaged
+    return here.parent / "recipes"
 
+
+def _parent_path(parent_id: str, path: Path) -> Path:
     for root in (path.resolve().parent.parent, builtin_recipes_dir()):
         candidate = root / f"{parent_id}.yaml"
         if candidate.is_file():
