@@ -87,6 +87,8 @@ def measure(args: argparse.Namespace) -> None:
     import pearzoo
     from pearzoo.evaluate import run_eval
     from pearzoo.manifest.io import read_manifest
+    from pearzoo.manifest.recorded import recorded_recipe
+    from pearzoo.source import load_config
 
     args.out.mkdir(parents=True, exist_ok=True)
     for ref in args.models:
@@ -114,7 +116,8 @@ def measure(args: argparse.Namespace) -> None:
         result = {
             "model": ref,
             "model_id": source.model_id,
-            "family": manifest.recipe.settings["position_embedding"],
+            # Per model, not per recipe: mixed/falcon is RoPE or ALiBi by the model's config.
+            "family": recorded_recipe(manifest, manifest_path).position_family(load_config(source)),
             "recipe": f"{manifest.recipe.id} {manifest.recipe.version}",
             "k": len(manifest.heads),
             "heads": manifest.base.geometry.num_layers * manifest.base.geometry.num_heads,

@@ -325,6 +325,16 @@ class Recipe(_Strict):
             raise ValueError("must be MAJOR.MINOR.PATCH")
         return value
 
+    def position_family(self, config: Any) -> str:
+        """The position-embedding family of a model with this `config`: a switched recipe (`mixed/falcon`)
+        covers both, and the model's flag (Falcon's `alibi`, absent = false) says which one it is. `config`:
+        a dict or a `PretrainedConfig`, as `recipe_for_config` takes."""
+        if self.position_switch is None:
+            return self.position_embedding.value
+        switch = self.position_switch
+        flag = config.get(switch.config_key) if isinstance(config, dict) else getattr(config, switch.config_key, None)
+        return (switch.when_true if flag else switch.when_false).value
+
     @model_validator(mode="after")
     def _family_dir(self) -> "Recipe":
         family = self.id.split("/", 1)[0]

@@ -96,3 +96,16 @@ def test_checkpoint_layers_is_dumped_only_when_set():
     assert (geometry.num_layers, geometry.num_heads, geometry.head_dim) == (5, 2, 8)
     assert geometry.module_path(4) == "model.language_model.layers.4.self_attn.o_proj"
     assert geometry.tensor_name(4) == "language_model.model.layers.4.self_attn.o_proj.weight"
+
+
+def test_position_family_follows_falcons_alibi_flag():
+    """mixed/falcon covers RoPE and ALiBi Falcons; the model's `alibi` decides, absent = false (rope)."""
+    from tiny_models import tiny_config
+
+    rope, alibi = tiny_config("falcon", "rope"), tiny_config("falcon", "alibi")
+    recipe, _ = recipe_for_config(rope)
+    assert recipe.id == "mixed/falcon" and recipe_for_config(alibi)[0].id == "mixed/falcon"
+    assert (recipe.position_family(rope), recipe.position_family(alibi)) == ("rope", "alibi")
+    assert (recipe.position_family({"model_type": "falcon", "alibi": True}), recipe.position_family({"model_type": "falcon"})) == ("alibi", "rope")
+    llama, _ = get_recipe(LLAMA)
+    assert llama.position_family(alibi) == "rope"  # no switch: the recipe's own family, whatever the config says
