@@ -134,8 +134,16 @@ def test_force_replaces_only_an_adapter_pearzoo_exported(tmp_path, capsys):
 
     out = tmp_path / "adapter"
     assert run_cli(["export", "llama-rope", "--out", str(out)], capsys)[0] == 0
-    first = (out / "adapter_model.safetensors").read_bytes()
+    from safetensors import safe_open
+
+    def weights(folder):
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+    first_meta, first = weights(out)
     code, _, err = run_cli(["export", "llama-rope", "--out", str(out), "--force"], capsys)
     assert code == 0, err
-    assert (out / "adapter_model.safetensors").read_bytes() == first
+    meta, again = weights(out)
+    assert meta == first_meta and meta["pearzoo.manifest"]
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pearzoo-patch-")]
