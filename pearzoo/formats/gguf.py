@@ -27,7 +27,6 @@ import hashlib
 import os
 import shutil
 import struct
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,7 +385,8 @@ def patch_gguf(
     """
     from pearzoo.binding import verify_base
     from pearzoo.heads import geometry_from_config
-    from pearzoo.recipe.load import parse_recipe
+    from pearzoo.manifest.recorded import recorded_recipe
+    from pearzoo.patch.plan import check_geometry, coefficients_by_layer
     from pearzoo.shards import digest_of
     from pearzoo.source import ModelSource, dtype_from_name, load_config
 
@@ -398,18 +398,9 @@ def patch_gguf(
     config = load_config(ModelSource(kind="gguf", path=src.parent, model_id=model_id, gguf_file=src.name)).to_dict()
     if config.get("model_type") != base.model_type:
         raise IntegrityError(f"{src} is a '{config.get('model_type')}' model; the manifest is for a '{base.model_type}' model", path=str(src))
-    recipe = parse_recipe(manifest.recipe.settings, source="manifest recipe.settings")
-    geometry = geometry_from_config(recipe.heads, config)
-    g = base.geometry
-    if (geometry.num_layers, geometry.num_heads, geometry.head_dim) != (g.num_layers, g.num_heads, g.head_dim):
-        raise IntegrityError(
-            f"{src}: head geometry {geometry.num_layers}x{geometry.num_heads}x{geometry.head_dim} "
-            f"is not the manifest's {g.num_layers}x{g.num_heads}x{g.head_dim}",
-            path=str(src),
-        )
-    by_layer: dict[int, dict[int, float]] = defaultdict(dict)
-    for h in manifest.heads:
-        by_layer[h.layer][h.head] = h.coefficient
+    geometry = geometry_from_config(recorded_recipe(manifest).heads, config)
+    check_geometry(geometry, manifest, src)
+    by_layer = coefficients_by_layer(manifest)
     folded_names = {geometry.tensor_name(layer): layer for layer in by_layer}
     for name in folded_names:
         if name not in base.tensors:

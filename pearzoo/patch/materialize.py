@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from pearzoo.binding import file_mismatch, verify_base
 from pearzoo.errors import IntegrityError, NotFoundError, UnsafeInputError
 from pearzoo.manifest.schema import Manifest
-from pearzoo.patch.plan import FoldPlan, TensorFold, bound_files, plan_folds, read_config, verify_plan
+from pearzoo.patch.plan import FoldPlan, TensorFold, bound_files, coefficients_by_layer, plan_folds, read_config, verify_plan
 from pearzoo.patch.target import RunTemp
 from pearzoo.patch.write import WriteReport, write_patched
 from pearzoo.source import ModelSource
@@ -91,9 +90,7 @@ def patch_materialized(
             continue
     verify_base(manifest.base.tensors, actual, source.model_id)
     if dry_run:
-        by_layer: dict[int, dict[int, float]] = defaultdict(dict)
-        for h in manifest.heads:
-            by_layer[h.layer][h.head] = h.coefficient
+        by_layer = coefficients_by_layer(manifest)
         in_memory = {
             geometry.tensor_name(layer): TensorFold(geometry.tensor_name(layer), taus, manifest.base.tensors[geometry.tensor_name(layer)])
             for layer, taus in by_layer.items()

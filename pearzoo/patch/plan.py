@@ -89,6 +89,29 @@ def read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def check_geometry(geometry: Any, manifest: Manifest, where: Path) -> None:
+    """The model's head geometry must be the one the manifest was built on.
+
+    Raises:
+        IntegrityError: naming `where` and both geometries.
+    """
+    g = manifest.base.geometry
+    if (geometry.num_layers, geometry.num_heads, geometry.head_dim, geometry.layout) != (g.num_layers, g.num_heads, g.head_dim, g.layout):
+        raise IntegrityError(
+            f"{where}: head geometry {geometry.num_layers}x{geometry.num_heads}x{geometry.head_dim} ({geometry.layout.value}) "
+            f"is not the manifest's {g.num_layers}x{g.num_heads}x{g.head_dim} ({g.layout.value})",
+            path=str(where),
+        )
+
+
+def coefficients_by_layer(manifest: Manifest) -> dict[int, dict[int, float]]:
+    """The manifest's coefficients as {layer: {head: tau}}: what one output projection's fold needs."""
+    by_layer: dict[int, dict[int, float]] = defaultdict(dict)
+    for h in manifest.heads:
+        by_layer[h.layer][h.head] = h.coefficient
+    return dict(by_layer)
+
+
 def geometry_of(recipe: Any, config: Mapping[str, Any], where: Path) -> Any:
     """The head geometry from a config.json dict, with a config's wrong types (`"four"` heads) as one line."""
     from pearzoo.heads import geometry_from_config
@@ -135,16 +158,8 @@ def plan_folds(
     # The manifest carries the recipe it was built with: patch uses that, not whatever the catalog has now.
     recipe = recorded_recipe(manifest)
     geometry = geometry_of(recipe, config, directory / "config.json")
-    g = base.geometry
-    if (geometry.num_layers, geometry.num_heads, geometry.head_dim, geometry.layout) != (g.num_layers, g.num_heads, g.head_dim, g.layout):
-        raise IntegrityError(
-            f"{directory}: head geometry {geometry.num_layers}x{geometry.num_heads}x{geometry.head_dim} ({geometry.layout.value}) "
-            f"is not the manifest's {g.num_layers}x{g.num_heads}x{g.head_dim} ({g.layout.value})",
-            path=str(directory),
-        )
-    by_layer: dict[int, dict[int, float]] = defaultdict(dict)
-    for h in manifest.heads:
-        by_layer[h.layer][h.head] = h.coefficient
+    check_geometry(geometry, manifest, directory)
+    by_layer = coefficients_by_layer(manifest)
     ckpt = Checkpoint(directory)  # every shard's header and offsets validated against its size
     # Old checkpoints store names without the base-model prefix (`h.0.attn...` for `transformer.h.0.attn...`);
     # that prefix is the first component of the recipe's layers path (model, transformer, gpt_neox).
