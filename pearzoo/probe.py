@@ -182,16 +182,25 @@ def tiny_model(config: Any, seed: int = 0) -> Any:
             f"model_type '{config.model_type}' has no causal-LM class in transformers", model_type=config.model_type
         ) from exc
     model.eval()
-    # The default init (std 0.02, norms at their constants, zero biases) makes heads nearly silent in a 3-layer
-    # model, so a wrong head slice would hide under the tolerances: matrices at unit scale per input, and every
-    # 1-d parameter (norms, biases, sinks) perturbed by 0.1.
+    redraw_weights(model)
+    return model
+
+
+def redraw_weights(model: Any) -> None:
+    """Re-draw a tiny model's parameters so that every head matters (uses torch's global generator).
+
+    The default init (std 0.02, norms at their constants, zero biases) makes heads nearly silent in a 3-layer
+    model, so a wrong head slice would hide under the tolerances: matrices at unit scale per input, and every
+    1-d parameter (norms, biases, sinks) perturbed by 0.1.
+    """
+    import torch
+
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim >= 2:
                 param.normal_(0.0, param.shape[-1] ** -0.5)
             else:
                 param.add_(torch.randn_like(param) * 0.1)
-    return model
 
 
 @dataclass(frozen=True)

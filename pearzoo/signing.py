@@ -63,6 +63,17 @@ def fingerprint(pem: bytes) -> str:
     return hashlib.sha256(pem).hexdigest()
 
 
+def _read_key_file(path: str | Path, what: str) -> bytes:
+    """A key file's bytes (at most 1 MiB: a PEM key is a few hundred), its absence or unreadability as one line."""
+    p = Path(path)
+    try:
+        return p.read_bytes()[: 1 << 20]
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{p}: {what} not found", path=str(p)) from exc
+    except OSError as exc:
+        raise InvalidInputError(f"{p}: cannot read {what}: {exc.strerror or exc}", path=str(p)) from exc
+
+
 def read_public_key(path: str | Path) -> bytes:
     """Read and normalize a public key file.
 
@@ -70,14 +81,7 @@ def read_public_key(path: str | Path) -> bytes:
         NotFoundError: no such file.
         InvalidInputError: unreadable, or not a supported public key.
     """
-    p = Path(path)
-    try:
-        data = p.read_bytes()[: 1 << 20]
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"{p}: public key not found", path=str(p)) from exc
-    except OSError as exc:
-        raise InvalidInputError(f"{p}: cannot read public key: {exc.strerror or exc}", path=str(p)) from exc
-    return public_pem(data, source=str(p))
+    return public_pem(_read_key_file(path, "public key"), source=str(path))
 
 
 def signing_key_fingerprint(private_key: str | Path) -> str:
@@ -91,12 +95,7 @@ def signing_key_fingerprint(private_key: str | Path) -> str:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     p = Path(private_key)
-    try:
-        data = p.read_bytes()[: 1 << 20]
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"{p}: signing key not found", path=str(p)) from exc
-    except OSError as exc:
-        raise InvalidInputError(f"{p}: cannot read signing key: {exc.strerror or exc}", path=str(p)) from exc
+    data = _read_key_file(p, "signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

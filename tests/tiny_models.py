@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
+from pearzoo.probe import redraw_weights
 from pearzoo.recipe.catalog import recipe_for_config
 from pearzoo.recipe.schema import Recipe
 
@@ -305,15 +306,7 @@ def tiny_model(model_type: str, variant: str | None = None) -> tuple[Any, Recipe
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
-    # The default init (std 0.02, norms at their constants, zero biases) makes heads nearly silent in a
-    # 3-layer model, so a wrong head slice or a missed freeze would hide under the tolerances. Re-draw:
-    # matrices at unit scale per input, and every norm weight and bias perturbed by 0.1, so each head moves
-    # the read-out metric by 1e-3 or more and a bias the fold wrongly scales shows up in the numbers.
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, param.shape[-1] ** -0.5)
-            else:
-                param.add_(torch.randn_like(param) * 0.1)
+    # Each head then moves the read-out metric by 1e-3 or more, and a bias the fold wrongly scales shows up.
+    redraw_weights(model)
     recipe, _ = recipe_for_config(model.config)
     return model, recipe
