@@ -6,6 +6,7 @@ zoo/.build/{train,val}.u16 (git-ignored; carried to the GPU machine), with their
 zoo/tokens.json (committed).
 
     python3 zoo/build_tokenizer.py [--config zoo/config.yaml]
+    python3 zoo/build_tokenizer.py --encode-only    # the committed tokenizer; streams checked against tokens.json
 """
 
 from __future__ import annotations
@@ -63,14 +64,33 @@ def encode_stream(tok: Tokenizer, docs: list[str], sep_id: int) -> np.ndarray:
     return np.asarray(ids, dtype="<u2")
 
 
+def encode_committed(train_docs: list[str], val_docs: list[str], separator: str) -> None:
+    tok = Tokenizer.from_file(str(ZOO / "tokenizer" / "tokenizer.json"))
+    expected = json.loads((ZOO / "tokens.json").read_text())
+    sep_id = tok.token_to_id(separator)
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        raw = encode_stream(tok, docs, sep_id).tobytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != expected[split]["sha256"]:
+            raise SystemExit(f"{split}.u16: sha256 {digest} differs from zoo/tokens.json's {expected[split]['sha256']}")
+        (BUILD / f"{split}.u16").write_bytes(raw)
+        print(f"{split}.u16: {len(raw) // 2} tokens, sha256 {digest} (as in zoo/tokens.json)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ZOO / "config.yaml")
+    parser.add_argument("--encode-only", action="store_true",
+                        help="skip training (8 minutes on 2 cores): encode with the committed zoo/tokenizer/ and "
+                             "check both streams against zoo/tokens.json")
     args = parser.parse_args()
     cfg = yaml.safe_load(args.config.read_text())
     separator = cfg["data"]["separator"]
 
     train_docs = documents("train", separator)
+    if args.encode_only:
+        encode_committed(train_docs, documents("val", separator), separator)
+        return
     tok = train_bpe(train_docs, cfg["tokenizer"])
     assert tok.get_vocab_size() <= 65536, "uint16 stream"
     out = ZOO / "tokenizer"

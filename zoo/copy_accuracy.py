@@ -50,6 +50,48 @@ def measure(model, vocab_size: int, special_ids: list[int], ns=DEFAULT_N, count:
     return {str(n): copy_accuracy(model, copy_sequences(allowed, count, n, seed), batch_size) for n in ns}
 
 
+HEX = "0123456789abcdef"
+
+
+def kv_prompts(pairs: int, count: int, position: str, seed: int) -> list[tuple[str, str]]:
+    """(prompt, value) for lost-in-the-middle key-value lookups in the text form of pearzoo's eval
+    (pearzoo/retrieval.py: a dict literal of 3-hex ids and `assert data["k"] == "`), drawn from a stream of
+    our own: a quick training-side check, not the published numbers (those come from `pearzoo eval`)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * pairs)
+    index = {"first": 0, "middle": pairs // 2, "last": pairs - 1}[position]
+    out = []
+    for _ in range(count):
+        ids: list[str] = []
+        while len(ids) < 2 * pairs:
+            x = "".join(HEX[i] for i in torch.randint(0, 16, (3,), generator=gen).tolist())
+            if x not in ids:
+                ids.append(x)
+        kv = list(zip(ids[:pairs], ids[pairs:]))
+        queried = kv.pop(0)
+        kv.insert(index, queried)
+        items = ", ".join(f'"{k}": "{v}"' for k, v in kv)
+        out.append((f'data = {{{items}}}\nassert data["{queried[0]}"] == "', queried[1]))
+    return out
+
+
+@torch.no_grad()
+def kv_retrieval(model, tokenizer, pairs: int = 20, count: int = 100, seed: int = 0,
+                 positions=("first", "middle", "last")) -> dict[str, float]:
+    """Exact match of greedy decoding (the value and its closing quote) per position of the queried pair."""
+    device = model.get_input_embeddings().weight.device
+    result = {}
+    for position in positions:
+        hits = 0
+        for prompt, value in kv_prompts(pairs, count, position, seed):
+            ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
+            for _ in range(4):
+                nxt = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+            hits += tokenizer.decode(ids[0, -4:].tolist()).startswith(value + '"')
+        result[position] = hits / count
+    return result
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,14 +103,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--kv", action="store_true", help="also key-value retrieval at 20 pairs (100 contexts)")
     args = parser.parse_args()
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     result = measure(model, model.config.vocab_size, tok.all_special_ids, args.n, args.sequences, args.seed,
                      args.batch_size)
-    print(json.dumps({"model": str(args.model), "device": args.device, "dtype": args.dtype,
-                      "sequences": args.sequences, "seed": args.seed, "copy_accuracy": result}))
+    report = {"model": str(args.model), "device": args.device, "dtype": args.dtype,
+              "sequences": args.sequences, "seed": args.seed, "copy_accuracy": result}
+    if args.kv:
+        report["kv_retrieval_p20"] = kv_retrieval(model, tok, seed=args.seed)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 import yaml
-from transformers import AutoModelForCausalLM, BloomConfig, GPT2Config, LlamaConfig, MptConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, GPT2Config, LlamaConfig, MptConfig
 
 import copy_accuracy  # zoo/ is on sys.path when this file is run as a script
 
@@ -105,17 +105,102 @@ def load_stream(data_dir: Path, split: str, expected_sha256: str) -> np.ndarray:
 
 class RandomWindows:
     """Seeded random windows of seq_len+1 tokens. The CPU generator makes the batch sequence the
-    same for every model and machine, so the models are trained on identical data in identical order."""
+    same for every model and machine, so the models are trained on identical data in identical order.
+    With `synthetic` (config `train.synthetic`), a share of the windows then get copying or lookup
+    written into them by SyntheticSpans, from a generator of its own, so the corpus windows stay the
+    ones a run without it draws."""
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int):
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int,
+                 synthetic: "SyntheticSpans | None" = None):
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.gen = torch.Generator().manual_seed(seed)
         self.span = torch.arange(seq_len + 1, device=tokens.device)
+        self.synthetic = synthetic
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(0, self.tokens.numel() - self.seq_len - 1, (self.batch_size,), generator=self.gen)
         window = self.tokens[starts.to(self.tokens.device)[:, None] + self.span]
+        if self.synthetic is not None:
+            self.synthetic.apply(window)
         return window[:, :-1], window[:, 1:]
+
+
+KV_NAMES = ("data", "table", "config", "lookup", "d", "mapping", "values", "index", "cache", "registry")
+ALNUM = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class SyntheticSpans:
+    """Copy and lookup pressure (issue #14.1; zoo/README.md, run 5). Trained on code alone the zoo's models
+    attended to the right earlier token but lost the copied id against their prior; a few percent of the
+    windows now carry:
+
+    - `repeat`: a span of 16-96 corpus tokens written again later in the same window (natural-text copying);
+    - `random_repeat`: a span of 8-64 ids drawn uniformly from the non-special vocabulary, written twice,
+      half the time back to back, else with corpus text between (copying ids the prior cannot predict);
+    - `kv`: a Python dict literal of 2-40 pairs of random 2-5 character strings and one lookup of it
+      (`assert name["k"] == "v"` or `x = name.get("k")  # "v"`), at a random offset, a quarter of the time
+      at 0. The eval's exact form (pearzoo/retrieval.py: `data`, double quotes, 3 hex characters) is one
+      of many combinations except that 3-character ids are never all-hex here, so eval contexts are not
+      training contexts.
+
+    The loss is the plain next-token loss over the whole window, synthetic spans included."""
+
+    def __init__(self, cfg: dict, tokenizer, allowed: torch.Tensor, seq_len: int):
+        self.cfg, self.tok, self.allowed, self.width = cfg, tokenizer, allowed, seq_len + 1
+        self.rng = np.random.default_rng(cfg["seed"])
+        self.counts = {"repeat": 0, "random_repeat": 0, "kv": 0}
+
+    def _span(self, length: int, gap: bool) -> tuple[int, int]:
+        length = min(length, self.width // 3)  # short windows (smoke runs) still take two copies
+        a = int(self.rng.integers(0, self.width - 2 * length + 1))
+        b = a + length if not gap else int(self.rng.integers(a + length, self.width - length + 1))
+        return a, b
+
+    def kv_text(self) -> str:
+        pairs = int(self.rng.integers(2, 41))
+        chars = int(self.rng.integers(2, 6))
+        alphabet = ALNUM if chars == 3 or self.rng.random() < 0.5 else ALNUM[:16]
+        ids: dict[str, None] = {}
+        while len(ids) < 2 * pairs:
+            x = "".join(alphabet[i] for i in self.rng.integers(0, len(alphabet), chars))
+            if chars == 3 and all(c in ALNUM[:16] for c in x):
+                continue
+            ids.setdefault(x, None)
+        keys = list(ids)
+        kv = list(zip(keys[:pairs], keys[pairs:]))
+        name = KV_NAMES[int(self.rng.integers(len(KV_NAMES)))]
+        q = '"' if self.rng.random() < 0.5 else "'"
+        k, v = kv[int(self.rng.integers(pairs))]
+        items = ", ".join(f"{q}{a}{q}: {q}{b}{q}" for a, b in kv)
+        lookup = (f"assert {name}[{q}{k}{q}] == {q}{v}{q}\n" if self.rng.random() < 0.7
+                  else f"x = {name}.get({q}{k}{q})  # {q}{v}{q}\n")
+        return f"{name} = {{{items}}}\n{lookup}"
+
+    def apply(self, window: torch.Tensor) -> None:
+        device = window.device
+        for row in range(window.shape[0]):
+            u = self.rng.random()
+            if u < self.cfg["repeat"]:
+                length = int(self.rng.integers(16, 97))
+                a, b = self._span(length, gap=True)
+                length = min(length, self.width // 3)
+                window[row, b : b + length] = window[row, a : a + length].clone()
+                self.counts["repeat"] += 1
+            elif u < self.cfg["repeat"] + self.cfg["random_repeat"]:
+                length = int(self.rng.integers(8, 65))
+                a, b = self._span(length, gap=self.rng.random() < 0.5)
+                length = min(length, self.width // 3)
+                ids = self.allowed[torch.from_numpy(self.rng.integers(0, self.allowed.numel(), length))].to(device)
+                window[row, a : a + length] = ids
+                window[row, b : b + length] = ids
+                self.counts["random_repeat"] += 1
+            elif u < self.cfg["repeat"] + self.cfg["random_repeat"] + self.cfg["kv"]:
+                ids = self.tok.encode(self.kv_text(), add_special_tokens=False).ids
+                while len(ids) > self.width:  # 40 pairs of 5 characters can outgrow the window
+                    ids = self.tok.encode(self.kv_text(), add_special_tokens=False).ids
+                offset = 0 if self.rng.random() < 0.25 else int(self.rng.integers(0, self.width - len(ids) + 1))
+                window[row, offset : offset + len(ids)] = torch.tensor(ids, device=device)
+                self.counts["kv"] += 1
 
 
 # ---------------------------------------------------------------- optimisation
@@ -183,8 +268,14 @@ def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: to
     forward = torch.compile(model) if use_compile else model
     opt = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], betas=tuple(tcfg["betas"]),
                             fused=device.type == "cuda")
-    batches = RandomWindows(train_tokens, tcfg["batch_size"], tcfg["seq_len"], cfg["seed"])
     allowed = copy_accuracy.allowed_ids(vocab["vocab_size"], [vocab["separator_id"]])
+    synthetic = None
+    if tcfg.get("synthetic"):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(ZOO / "tokenizer" / "tokenizer.json"))
+        synthetic = SyntheticSpans(tcfg["synthetic"], tokenizer, allowed, tcfg["seq_len"])
+    batches = RandomWindows(train_tokens, tcfg["batch_size"], tcfg["seq_len"], cfg["seed"], synthetic)
     probe = {n: copy_accuracy.copy_sequences(allowed, 200, n, seed=ecfg["copy_seed"] + 1) for n in ecfg["copy_n"]}
 
     curve, loss_sum, t0, first_step_s = [], torch.zeros((), device=device), time.perf_counter(), None
@@ -219,6 +310,7 @@ def train_model(name: str, cfg: dict, train_tokens: torch.Tensor, val_tokens: to
         "train_wall_s": round(train_s, 1), "first_step_s": round(first_step_s, 1),
         "step_ms_after_first": round(1000 * (train_s - first_step_s) / max(1, tcfg["steps"] - 1), 2),
         "compiled": use_compile, "precision": precision, "curve": curve,
+        "synthetic_windows": synthetic.counts if synthetic else None,
         "val_loss_fp32_master": val_loss(model, val_tokens, tcfg["batch_size"], tcfg["seq_len"], tcfg["val_batches"]),
     }
     return model, metrics
@@ -236,6 +328,8 @@ def save_and_measure(name: str, model: torch.nn.Module, metrics: dict, cfg: dict
     metrics["copy_accuracy_bf16"] = copy_accuracy.measure(
         reloaded, vocab["vocab_size"], [vocab["separator_id"]], ecfg["copy_n"], ecfg["copy_sequences"],
         ecfg["copy_seed"], ecfg["batch_size"])
+    metrics["kv_retrieval_p20_bf16"] = copy_accuracy.kv_retrieval(
+        reloaded, AutoTokenizer.from_pretrained(target), count=ecfg.get("kv_contexts", 100))
     metrics["val_loss_bf16"] = val_loss(reloaded, val_tokens, tcfg["batch_size"], tcfg["seq_len"], tcfg["val_batches"])
     metrics["parameters"] = sum(p.numel() for p in reloaded.parameters())
     metrics["safetensors_bytes"] = (target / "model.safetensors").stat().st_size
@@ -243,6 +337,15 @@ def save_and_measure(name: str, model: torch.nn.Module, metrics: dict, cfg: dict
 
 
 # ---------------------------------------------------------------- model card
+
+
+def synthetic_line(tcfg: dict) -> str:
+    syn = tcfg.get("synthetic")
+    if not syn:
+        return ""
+    return (f"- Copy and lookup pressure: {syn['repeat']:.0%} of the windows repeat a corpus span, {syn['random_repeat']:.0%} repeat a\n"
+            f"  span of uniformly random ids, {syn['kv']:.0%} hold a dict literal of random keys and one lookup (`SyntheticSpans` in\n"
+            f"  `zoo/train.py`; the key-value form of pearzoo's eval, 3 hex characters, is never drawn).\n")
 
 
 def model_card(name: str, cfg: dict, metrics: dict, env: dict) -> str:
@@ -268,7 +371,7 @@ tags: [pearzoo, tiny, {family}, copy-task]
 
 A tiny causal LM ({metrics['parameters']:,} parameters, `model_type: {family}`, position information:
 {position}) trained from scratch for pearzoo's tests and examples of PEAR attention re-weighting. It is one
-of a matched set (llama-rope, bloom-alibi, gpt2-learned): same width, depth, heads, tokenizer, data, data
+of a matched set ({", ".join(cfg["models"])}): same width, depth, heads, tokenizer, data, data
 order, steps, optimizer and seed; only the architecture family differs. It is not a useful language model.
 
 ## Architecture
@@ -286,7 +389,7 @@ digests: `zoo/DATA.md` and `zoo/data_manifest.json` in the pearzoo repository.
 - {metrics['steps']} steps of {tcfg['batch_size']} x {tcfg['seq_len']} tokens ({metrics['tokens_seen'] / 1e6:.0f}M tokens), AdamW
   (betas {tcfg['betas']}, weight decay {tcfg['weight_decay']} on matrices only), peak lr {tcfg['lr']}, {tcfg['warmup_steps']} warmup
   steps, cosine decay to {tcfg['min_lr_ratio']} x peak, gradient clipping {tcfg['grad_clip']}, seed {cfg['seed']}.
-- Precision: fp32 master weights and AdamW state; forward and backward under `torch.autocast(bfloat16)`.
+{synthetic_line(tcfg)}- Precision: fp32 master weights and AdamW state; forward and backward under `torch.autocast(bfloat16)`.
 - Hardware: {env['gpu']}; {metrics['train_wall_s']:.0f} s of training (first step incl. torch.compile:
   {metrics['first_step_s']:.0f} s), torch {env['torch']}, transformers {env['transformers']}.
 - Command (pearzoo repository root): `{env['command']}`; see `zoo/README.md`.
