@@ -7,7 +7,7 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 python3 -c "import sys, transformers, torch; print(sys.version.split()[0], transformers.__version__, torch.__version__, torch.cuda.get_device_name())" || exit 1
 date +%s > $Z/start
 models=${*:-$(python3 -c "import yaml; print(' '.join(yaml.safe_load(open('zoo/config.yaml'))['models']))")}
-echo "$models" > $Z/models
+echo "$models" > $Z/model_list  # not $Z/models: that is the output folder
 for m in $models; do
   setsid nohup bash -c "python3 zoo/train.py --data-dir $G --models $m --out $Z/models > $Z/$m.log 2>&1; echo \$? > $Z/$m.rc" < /dev/null > /dev/null 2>&1 &
 done

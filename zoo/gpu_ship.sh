@@ -2,7 +2,7 @@
 # gpu_ship.sh OUT DEADLINE_EPOCH: wait until all trainings ended or the deadline passed, then put
 # finished, not yet shipped models (xz-compressed weights split in 15 MB chunks, at most ~58 MiB
 # of them per call) and a small bundle (logs, exit codes, model dirs without weights, sha256s) in OUT.
-OUT=$1; deadline=$2; Z=/tmp/zoo; models=$(cat $Z/models)
+OUT=$1; deadline=$2; Z=/tmp/zoo; models=$(cat $Z/model_list)
 while :; do
   all=1; for m in $models; do [ -f $Z/$m.rc ] || all=0; done
   [ $all = 1 ] && break

@@ -22,7 +22,7 @@ def _listed(capsys) -> list[str]:
 
 def test_every_listed_name_shows(capsys):
     names = _listed(capsys)
-    assert {"llama-rope", "gpt2-learned", "bloom-alibi", "HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(names)
+    assert {"llama-rope", "gpt2-learned", "bloom-alibi", "mpt-alibi", "HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(names)
     for name in names:
         code, out, err = run_cli(["show", name], capsys)
         assert code == 0, err
@@ -35,7 +35,7 @@ def test_a_builtin_name_shows_its_hub_id(capsys):
     assert out.startswith("HuggingFaceTB/SmolLM2-135M-Instruct: 1 version(s)")
 
 
-@pytest.mark.parametrize("name", ["llama-rope", "gpt2-learned", "bloom-alibi"])
+@pytest.mark.parametrize("name", ["llama-rope", "gpt2-learned", "bloom-alibi", "mpt-alibi"])
 def test_a_zoo_name_is_its_checkout(name, tmp_path, capsys):
     source = resolve_model(name)
     assert (source.kind, source.path, source.model_id) == ("directory", (ZOO / name).resolve(), name)
@@ -66,4 +66,4 @@ def test_eval_takes_a_listed_name_for_model_and_manifest(capsys):
     code, out, err = run_cli(["eval", "-m", "llama-rope", "--manifest", "llama-rope", "--lengths", "10", "--sequences", "2", "--text", "none", "--no-kv", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert (report["model"], report["heads"]) == ("llama-rope", ["0.5", "3.4", "1.3", "2.5"])
+    assert (report["model"], report["heads"]) == ("llama-rope", ["2.2", "2.0", "6.0", "3.3", "3.1", "1.3", "5.6", "5.0"])

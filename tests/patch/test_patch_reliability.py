@@ -104,19 +104,30 @@ def test_a_live_runs_temp_folder_is_kept_whatever_its_pid(tiny_dir, tmp_path):
     assert clean_stale_temps(tmp_path) == [temp] and not temp.exists()  # released: the next run reclaims it
 
 
-def test_a_shipped_schema_1_registry_manifest_still_patches_its_zoo_model_with_a_warning(tmp_path):
-    # registry/ holds schema-1 manifests (built before base.files): they keep working, and say what they bind.
+def test_a_schema_1_registry_manifest_still_patches_its_zoo_model_with_a_warning(tmp_path):
+    # Manifests built before base.files (schema 1; the shipped SmolLM2 one is) keep working, and say what they bind.
+    # The zoo's llama-rope manifest, written back as schema 1 (no base.files, re-sealed), published to a registry.
+    import json
     from pathlib import Path
 
+    from pearzoo.manifest.io import seal
     from pearzoo.registry import builtin_registry_dir
 
     zoo = Path(__file__).resolve().parents[2] / "zoo" / "models" / "llama-rope"
-    registry = LocalRegistry(builtin_registry_dir())
+    shipped = LocalRegistry(builtin_registry_dir())
+    [entry] = shipped.versions("llama-rope")
+    document = shipped.read_manifest(entry).model_dump(mode="json", exclude_none=True)
+    document["schema_version"] = 1
+    del document["base"]["files"]
+    (tmp_path / "v1.json").write_text(json.dumps(seal(document)))
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.publish(tmp_path / "v1.json")
     [entry] = registry.versions("llama-rope")
     manifest = registry.read_manifest(entry)
     assert manifest.schema_version == 1 and manifest.base.files is None
     notes: list[str] = []
-    result = patch_model(PatchOptions(model=str(zoo), out=tmp_path / "out"), notify=notes.append)
+    result = patch_model(PatchOptions(model=str(zoo), out=tmp_path / "out", registry=str(tmp_path / "registry")),
+                         notify=notes.append)
     assert result.manifest == manifest.digest and len(result.tensors) == len({h.layer for h in manifest.heads})
     assert notes == [
         f"manifest {manifest.digest[:12]} is schema_version 1: it binds the base only where it folds "

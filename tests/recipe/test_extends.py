@@ -13,9 +13,10 @@ from pearzoo.recipe.schema import LocateSpec
 # shipped manifests would report a different recipe.
 SHIPPED = {
     "rope/smollm2-135m": "bd438a3f4b6806d7e434a89b77f18efab69cf16c9241f63aeea2184ddeaa3e1d",
-    "rope/zoo-llama-rope": "f014b68036cb81d7e6616d2cadcdebfce01c3e2c56c9b036ea3be9b024504193",
-    "learned/zoo-gpt2-learned": "e4b59b1db37663c9f02cbef3c185c0e2a64de6240db4c571f59443bfb66dcde9",
-    "alibi/zoo-bloom-alibi": "bf5abadda5a42bd5c7251f8df79e30634f89ba2ce656c3836c8652b95880db05",
+    "rope/zoo-llama-rope": "1b28789d9d35c0517988a58a2ede5be1ab4584bc653cd63ecb0e9df2dd4e7de8",
+    "learned/zoo-gpt2-learned": "a6dd3b4f1359a1e97e416728ba392a806043c5a66f7116d98b52b080f12c9e51",
+    "alibi/zoo-bloom-alibi": "2307a5ce0da0d641248fa8dfef019751820bab8de64f98185bd81cae50860b80",
+    "alibi/zoo-mpt-alibi": "1fd5f937213c942c3cd993ae996a231d5c4bf188cec096dc685da3b9926984e8",
 }
 
 
