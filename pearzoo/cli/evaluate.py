@@ -13,7 +13,11 @@ from pearzoo.cli._options import (
 )
 from pearzoo.cli._output import Output, json_option, quiet_option
 
-QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 2, "resamples": 1000}
+# What --quick changes (any of these options given explicitly wins). Sized on SmolLM2-135M, where the model's
+# load alone takes 15-45 s on 2 cores: 4 variants x (64 sequences x 50 tokens + 8 windows x 128 tokens), about
+# 17,000 tokens of forward passes, 1/37 of the default with --no-kv. Retrieval is off: at 10 contexts a cell's
+# Wilson interval is at least 0.28 wide, and 3 positions x 10 contexts x ~220 tokens would double the cost.
+QUICK = {"lengths": "25", "sequences": 64, "windows": 8, "kv": False, "random_draws": 2, "resamples": 1000}
 
 
 @click.command("eval")
@@ -23,12 +27,13 @@ QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 
 @click.option("--sequences", default=500, show_default=True, type=click.IntRange(min=2), help="Held-out sequences per length.")
 @click.option("--seed", default=1234, show_default=True, type=int, help="Seed of the held-out sequences, key-value contexts, control draws and resamples.")
 @click.option("--text", default="builtin:tinyshakespeare-test", show_default=True, help="Text for perplexity (builtin:NAME or a file); 'none' to skip.")
+@click.option("--windows", default=32, show_default=True, type=click.IntRange(min=2), help="Perplexity windows of 128 tokens.")
 @click.option("--kv/--no-kv", default=None, help="Key-value retrieval (exact match by position of the queried pair). [default: on when the model has a tokenizer]")
 @click.option("--kv-pairs", default="20,50", show_default=True, help="Comma-separated numbers of key-value pairs per context.")
 @click.option("--kv-contexts", default=100, show_default=True, type=click.IntRange(min=1), help="Contexts per number of pairs and position.")
 @click.option("--random-draws", default=5, show_default=True, type=click.IntRange(min=0), help="Draws of K random heads for the control (0: none).")
 @click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
-@click.option("--quick", is_flag=True, help="100 sequences, 10 kv contexts at 20 pairs, 2 control draws, 1000 resamples (options given explicitly win): 1/19 of the default work, intervals about 2.2x as wide.")
+@click.option("--quick", is_flag=True, help="A first look: n=25 only, 64 sequences, 8 perplexity windows, no kv retrieval, 2 control draws, 1000 resamples (options given explicitly win). About 1/37 of the default --no-kv work; intervals about 2.8x as wide (sqrt(500/64)), and the control's only roughly covers which heads were drawn.")
 @revision_option()
 @device_option()
 @dtype_option()
@@ -36,7 +41,7 @@ QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 
 @json_option
 @quiet_option
 @click.pass_context
-def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: str, sequences: int, seed: int, text: str, kv: bool | None, kv_pairs: str, kv_contexts: int, random_draws: int, resamples: int, quick: bool, revision: str | None, device: str | None, dtype: str, allow_pickle: bool, json_mode: bool, quiet: bool) -> None:
+def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: str, sequences: int, seed: int, text: str, windows: int, kv: bool | None, kv_pairs: str, kv_contexts: int, random_draws: int, resamples: int, quick: bool, revision: str | None, device: str | None, dtype: str, allow_pickle: bool, json_mode: bool, quiet: bool) -> None:
     """Measure copy accuracy, key-value retrieval and perplexity, before and after a manifest, with 95% intervals.
 
     Every number comes with a 95% interval. Copy accuracy and perplexity: percentile bootstrap (--resamples,
@@ -50,7 +55,7 @@ def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: 
     Retrieval asks for the value of one key in a dict of random 3-hex-character ids and counts exact
     matches, with the queried pair first, in the middle or last (see pearzoo/retrieval.py). It runs
     (pairs x 3 positions x contexts) forward passes per variant (2 + draws variants with a manifest), the
-    most expensive part of eval on larger models; --no-kv, a smaller --kv-contexts or --quick shortens it.
+    most expensive part of eval on larger models; --no-kv, a smaller --kv-contexts or --quick (no kv) shortens it.
 
     \b
     Examples:
@@ -62,18 +67,18 @@ def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: 
 
     output = Output(json_mode=json_mode, quiet=quiet)
     if quick:
-        given = {"sequences": sequences, "kv_contexts": kv_contexts, "kv_pairs": kv_pairs, "random_draws": random_draws, "resamples": resamples}
+        given = {"lengths": lengths, "sequences": sequences, "windows": windows, "kv": kv, "random_draws": random_draws, "resamples": resamples}
         for name, value in QUICK.items():
             if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
                 given[name] = value
-        sequences, kv_contexts, kv_pairs, random_draws, resamples = (given[k] for k in ("sequences", "kv_contexts", "kv_pairs", "random_draws", "resamples"))
+        lengths, sequences, windows, kv, random_draws, resamples = (given[k] for k in QUICK)
     ns = _ints(lengths, "--lengths", 2, "lengths must be >= 2")
     ps = _ints(kv_pairs, "--kv-pairs", 3, "numbers of pairs must be >= 3")
     from pearzoo.patch.resolve import manifest_file
 
     report = run_eval(
         model, str(manifest_file(manifest)) if manifest else None, revision=revision, device=device, dtype=dtype, lengths=ns, sequences=sequences, seed=seed,
-        text=None if text.lower() == "none" else text, allow_pickle=allow_pickle, kv=kv, kv_pairs=ps,
+        text=None if text.lower() == "none" else text, windows=windows, allow_pickle=allow_pickle, kv=kv, kv_pairs=ps,
         kv_contexts=kv_contexts, random_draws=random_draws, resamples=resamples, progress=output.progress,
     )
     if report.retrieval is not None:
