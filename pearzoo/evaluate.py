@@ -411,3 +411,56 @@ def run_eval(
     finally:
         if bar is not None:
             bar.close()
+
+
+def merge_reports(parts: list[EvalReport]) -> EvalReport:
+    """One report from runs of the same eval that measured different copy lengths (a long eval split into
+    processes); at most one part may hold perplexity and one retrieval.
+
+    Each length draws its sequences (``eval/<n>``) and its resamples (``bootstrap/eval/copy/<n>/...``) from its
+    own streams, and perplexity and retrieval from theirs, so every value and interval of the result is what
+    one run over all the lengths gives (tested); `seconds` is the sum of the parts.
+
+    Raises:
+        InvalidInputError: the parts differ in model, manifest, seed, sequences, control draws or bootstrap,
+            measure a length twice, or more than one holds perplexity or retrieval.
+    """
+    if not parts:
+        raise InvalidInputError("no reports to merge", field="reports")
+    first = parts[0]
+    same = ("model", "manifest", "sequences", "seed", "heads", "random_head_draws", "controls", "bootstrap")
+    for part in parts[1:]:
+        for key in same:
+            if getattr(part, key) != getattr(first, key):
+                raise InvalidInputError(f"reports differ in {key}; only runs of one eval split by length merge", field=key)
+    lengths = [n for p in parts for n in p.copy_accuracy]
+    if len(set(lengths)) != len(lengths):
+        raise InvalidInputError(f"copy lengths measured twice: {sorted(lengths, key=int)}", field="lengths")
+    with_ppl = [p for p in parts if p.perplexity is not None]
+    with_kv = [p for p in parts if p.retrieval is not None]
+    if len(with_ppl) > 1 or len(with_kv) > 1:
+        raise InvalidInputError("more than one report holds perplexity or retrieval", field="reports")
+    ordered = sorted(lengths, key=int)
+    by_n = {n: p for p in parts for n in p.copy_accuracy}
+    ppl = with_ppl[0] if with_ppl else None
+    kv = with_kv[0] if with_kv else None
+    samples = Samples(
+        copy_accuracy={n: by_n[n].samples.copy_accuracy[n] for n in ordered},
+        perplexity=ppl.samples.perplexity if ppl else None,
+        kv_retrieval=kv.samples.kv_retrieval if kv else None,
+    )
+    intervals = Intervals(
+        copy_accuracy={n: by_n[n].intervals.copy_accuracy[n] for n in ordered},
+        perplexity=ppl.intervals.perplexity if ppl else None,
+        kv_retrieval=kv.intervals.kv_retrieval if kv else None,
+    )
+    return first.model_copy(
+        update={
+            "copy_accuracy": {n: by_n[n].copy_accuracy[n] for n in ordered},
+            "perplexity": ppl.perplexity if ppl else None,
+            "retrieval": kv.retrieval if kv else None,
+            "samples": samples,
+            "intervals": intervals,
+            "seconds": round(sum(p.seconds for p in parts), 3),
+        }
+    )

@@ -110,3 +110,26 @@ def test_sharing_the_base_models_lower_layers_changes_no_score(stories, stories2
     b = evaluate_model(stories.model, "stories260K", stories.space, share=False, **kw)
     assert a.samples == b.samples and a.intervals == b.intervals and a.copy_accuracy == b.copy_accuracy
     assert a.perplexity == b.perplexity and a.retrieval == b.retrieval
+
+
+def test_reports_split_by_length_merge_into_the_single_run(stories, stories260k_dir):
+    from tiny_checkpoints import make_manifest
+
+    from pearzoo.errors import InvalidInputError
+    from pearzoo.evaluate import merge_reports
+    from pearzoo.manifest.schema import Manifest
+
+    manifest = Manifest.model_validate(make_manifest(stories260k_dir, {(1, 2): 0.5, (3, 4): 1.5}))
+    kw = {"geometry": stories.geometry, "manifest": manifest, "tokenizer": stories.tokenizer, "sequences": 16,
+          "windows": 4, "window_length": 32, "kv": False, "random_draws": 2, "resamples": 200}  # fmt: skip
+    whole = evaluate_model(stories.model, "stories260K", stories.space, lengths=(5, 8), **kw)
+    a = evaluate_model(stories.model, "stories260K", stories.space, lengths=(8,), **kw)
+    b = evaluate_model(stories.model, "stories260K", stories.space, lengths=(5,), **{**kw, "text": None})
+    merged = merge_reports([a, b])
+    assert merged.model_dump(exclude={"seconds"}) == whole.model_dump(exclude={"seconds"})
+    assert list(merged.copy_accuracy) == ["5", "8"] and merged.seconds == round(a.seconds + b.seconds, 3)
+    with pytest.raises(InvalidInputError, match="^copy lengths measured twice"):
+        merge_reports([a, a])
+    c = evaluate_model(stories.model, "stories260K", stories.space, lengths=(6,), **{**kw, "text": None, "seed": 7})
+    with pytest.raises(InvalidInputError, match="^reports differ in seed"):
+        merge_reports([a, c])

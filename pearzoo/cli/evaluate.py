@@ -13,11 +13,13 @@ from pearzoo.cli._options import (
 )
 from pearzoo.cli._output import Output, json_option, quiet_option
 
-# What --quick changes (any of these options given explicitly wins). Sized on SmolLM2-135M, where the model's
-# load alone takes 15-45 s on 2 cores: 4 variants x (64 sequences x 50 tokens + 8 windows x 128 tokens), about
-# 17,000 tokens of forward passes, 1/37 of the default with --no-kv. Retrieval is off: at 10 contexts a cell's
-# Wilson interval is at least 0.28 wide, and 3 positions x 10 contexts x ~220 tokens would double the cost.
-QUICK = {"lengths": "25", "sequences": 64, "windows": 8, "kv": False, "random_draws": 2, "resamples": 1000}
+# What --quick changes (any of these options given explicitly wins). Sized on SmolLM2-135M, whose load alone
+# takes 25-45 s on the shared 2 cores: 4 variants x (48 sequences x 50 tokens + 8 windows x 128 tokens), about
+# 13,700 tokens of forward passes, 1/46 of the default with --no-kv. At 64 sequences SmolLM2's gain came out
+# +5.7 [+4.1, +7.2] points; 48 widen that by sqrt(64/48) = 1.15, still clear of zero for a 3-point gain.
+# Retrieval is off: at 10 contexts a cell's Wilson interval is at least 0.28 wide, and 3 positions x 10
+# contexts x ~220 tokens would cost as much as the copy task.
+QUICK = {"lengths": "25", "sequences": 48, "windows": 8, "kv": False, "random_draws": 2, "resamples": 1000}
 
 
 @click.command("eval")
@@ -33,7 +35,7 @@ QUICK = {"lengths": "25", "sequences": 64, "windows": 8, "kv": False, "random_dr
 @click.option("--kv-contexts", default=100, show_default=True, type=click.IntRange(min=1), help="Contexts per number of pairs and position.")
 @click.option("--random-draws", default=5, show_default=True, type=click.IntRange(min=0), help="Draws of K random heads for the control (0: none).")
 @click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
-@click.option("--quick", is_flag=True, help="A first look: n=25 only, 64 sequences, 8 perplexity windows, no kv retrieval, 2 control draws, 1000 resamples (options given explicitly win). About 1/37 of the default --no-kv work; intervals about 2.8x as wide (sqrt(500/64)), and the control's only roughly covers which heads were drawn.")
+@click.option("--quick", is_flag=True, help="A first look: n=25 only, 48 sequences, 8 perplexity windows, no kv retrieval, 2 control draws, 1000 resamples (options given explicitly win). About 1/46 of the default --no-kv work; copy intervals about 3.2x as wide as the default's (sqrt(500/48); a gain's about +-1.8 points on SmolLM2), perplexity's about 2x, and the control's covers which heads were drawn only roughly (2 draws).")
 @revision_option()
 @device_option()
 @dtype_option()

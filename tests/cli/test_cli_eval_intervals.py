@@ -61,8 +61,8 @@ def test_quick_sets_smaller_defaults_and_explicit_options_win(stories260k_dir, m
     code, stdout, err = run_cli(argv, capsys)
     report = json.loads(stdout)
     assert code == 0, err
-    # n = 25 only, 64 sequences, 8 perplexity windows, no retrieval (the model has a tokenizer), 2 draws.
-    assert set(report["copy_accuracy"]) == {"25"} and report["sequences"] == 64 and "retrieval" not in report
+    # n = 25 only, 48 sequences, 8 perplexity windows, no retrieval (the model has a tokenizer), 2 draws.
+    assert set(report["copy_accuracy"]) == {"25"} and report["sequences"] == 48 and "retrieval" not in report
     assert report["perplexity"]["windows"] == 8 and len(report["samples"]["perplexity"]["base"]) == 8
     assert report["controls"]["random_heads_draws"] == 2 and report["bootstrap"]["resamples"] == 1000
     explicit = ["--lengths", "4", "--sequences", "12", "--random-draws", "1", "--text", "none", "--kv", "--kv-pairs", "20", "--kv-contexts", "2"]
