@@ -59,6 +59,11 @@ def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: 
     (pairs x 3 positions x contexts) forward passes per variant (2 + draws variants with a manifest), the
     most expensive part of eval on larger models; --no-kv, a smaller --kv-contexts or --quick (no kv) shortens it.
 
+    Cost, measured on SmolLM2-135M (float32, 2 CPU cores): the default with a manifest is about 63 CPU-minutes
+    of forward passes without retrieval and 3 CPU-hours more with it; --quick about 2 CPU-minutes, a model
+    load included (README, "Intervals": wall times and load averages). Variants share the base model's layers
+    below their lowest re-weighted head, which changes no number.
+
     \b
     Examples:
       pearzoo eval --model smollm2-135m-instruct --quick
