@@ -22,16 +22,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from pearzoo import stats
 from pearzoo.errors import InvalidInputError
 from pearzoo.eval_samples import Intervals, Samples, UnitScores, intervals_from_samples
+from pearzoo.eval_variants import score_variants
 from pearzoo.heads import HeadGeometry, HeadId
-from pearzoo.hooks import scale_heads
 from pearzoo.manifest.schema import Manifest
-from pearzoo.proxy import TokenSpace, _second_half_logits, generator, input_device, sample_sequences
+from pearzoo.proxy import (
+    TokenSpace,
+    _second_half_logits,
+    generator,
+    input_device,
+    sample_sequences,
+)
 from pearzoo.retrieval import DEFAULT_CONTEXTS, DEFAULT_PAIRS, ID_CHARS, POSITIONS
 
 DEFAULT_LENGTHS = (10, 25, 50)
 DEFAULT_SEQUENCES = 500
 DEFAULT_TEXT = "builtin:tinyshakespeare-test"
 DEFAULT_DRAWS = 5
+DEFAULT_WINDOWS = 32
+# Batch sizes of the scorers (copy sequences, perplexity windows, key-value contexts); every variant scores the
+# same batches, so that eval_variants can share the layers below a variant's lowest head.
+COPY_BATCH = 32
+WINDOW_BATCH = 8
+KV_BATCH = 16
 METHOD = (
     "95% percentile bootstrap resampling whole sequences (copy) and windows (perplexity), paired across variants, "
     "draws of the random-heads control resampled too; key-value cells: Wilson (levels) and Bonett-Price (paired gains) intervals over contexts"
@@ -116,7 +128,7 @@ def random_heads(geometry: HeadGeometry, exclude: list[HeadId], k: int, seed: in
 def copy_counts(model: Any, sequences: torch.Tensor, length: int, prefix: int = 0, batch_size: int = 32) -> list[int]:
     """Per sequence, the number of correctly predicted copyable positions (n - 1 of them, as `copy_score`)."""
     out: list[int] = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, sequences.shape[0], batch_size):
             batch = sequences[start : start + batch_size]
             logits = _second_half_logits(model, batch, length, prefix)
@@ -128,7 +140,7 @@ def copy_counts(model: Any, sequences: torch.Tensor, length: int, prefix: int = 
 def window_nll(model: Any, windows: torch.Tensor, batch_size: int = 8) -> list[float]:
     """Per window, the summed next-token negative log-likelihood (perplexity = exp(sum / tokens))."""
     out: list[float] = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(input_device(model))
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
@@ -172,7 +184,7 @@ def evaluate_model(
     sequences: int = DEFAULT_SEQUENCES,
     seed: int = 1234,
     text: str | None = DEFAULT_TEXT,
-    windows: int = 32,
+    windows: int = DEFAULT_WINDOWS,
     window_length: int = 128,
     kv: bool | None = None,
     kv_pairs: tuple[int, ...] = DEFAULT_PAIRS,
@@ -180,6 +192,7 @@ def evaluate_model(
     random_draws: int = DEFAULT_DRAWS,
     resamples: int = stats.DEFAULT_RESAMPLES,
     progress: Callable[[int], None] | None = None,
+    share: bool = True,
 ) -> EvalReport:
     """Evaluate a loaded model, and with a manifest its patched and random-heads variants, with intervals.
 
@@ -194,6 +207,8 @@ def evaluate_model(
         kv_contexts (`int`): contexts per number of pairs and position of the queried pair.
         random_draws (`int`): draws of K random heads in the control (0: no control).
         resamples (`int`): bootstrap resamples per interval.
+        share (`bool`): replay the base model's layers below each variant's lowest head instead of running
+            them again (`pearzoo.eval_variants`); the scores are bit-identical either way.
 
     Raises:
         InvalidInputError: `kv` is true but the model has no tokenizer, or a count is out of range.
@@ -219,26 +234,23 @@ def evaluate_model(
             draws.append(random_heads(geometry, heads, len(heads), seed, draw=r))
             variants[f"random_heads/{r}"] = dict(zip(draws[-1], taus))
 
-    def run(coeffs: dict[HeadId, float] | None, fn: Callable[[], Any]) -> Any:
-        if coeffs is None:
-            return fn()
-        with scale_heads(model, geometry, coeffs):
-            return fn()
+    def run(units: Any, batch_size: int, score: Callable[[Any], list]) -> dict[str, list]:
+        batches = [units[i : i + batch_size] for i in range(0, len(units), batch_size)]
+        by_variant, _ = score_variants(model, geometry, variants, batches, score, share=share)
+        if progress is not None:
+            progress(len(variants))
+        return by_variant
 
     copy: dict[str, UnitScores] = {}
     for n in lengths:
         seqs = sample_sequences(space, sequences, n, generator(seed, f"eval/{n}"))
-        by_variant = {}
-        for name, coeffs in variants.items():
-            by_variant[name] = run(coeffs, lambda: copy_counts(model, seqs, n, space.prefix))
-            if progress is not None:
-                progress(1)
+        by_variant = run(seqs, COPY_BATCH, lambda b, n=n: copy_counts(model, b, n, space.prefix, batch_size=len(b)))
         copy[str(n)] = _scores(_sha(seqs), by_variant)
     ppl_scores = None
     ppl = None
     if text is not None and tokenizer is not None:
         win = text_windows(tokenizer, read_text(text), windows, window_length)
-        ppl_scores = _scores(_sha(win), {name: run(coeffs, lambda: window_nll(model, win)) for name, coeffs in variants.items()})
+        ppl_scores = _scores(_sha(win), run(win, WINDOW_BATCH, lambda b: window_nll(model, b, batch_size=len(b))))
         per = window_length - 1
         values = {k: _perplexity(v, per) for k, v in (("base", ppl_scores.base), ("patched", ppl_scores.patched)) if v is not None}
         if ppl_scores.random_heads:
@@ -278,13 +290,19 @@ def _retrieval(
     model: Any,
     tokenizer: Any,
     variants: dict[str, dict[HeadId, float] | None],
-    run: Callable[[dict[HeadId, float] | None, Callable[[], Any]], Any],
+    run: Callable[[Any, int, Callable[[Any], list]], dict[str, list]],
     pairs: tuple[int, ...],
     contexts: int,
     seed: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[Retrieval, dict[str, dict[str, UnitScores]]]:
-    from pearzoo.retrieval import encode_context, max_positions, pad_id, sample_contexts, score_contexts
+    from pearzoo.retrieval import (
+        encode_context,
+        max_positions,
+        pad_id,
+        sample_contexts,
+        score_contexts,
+    )
 
     limit = max_positions(model, tokenizer)
     pad = pad_id(tokenizer)
@@ -306,11 +324,17 @@ def _retrieval(
         accuracy[str(p)] = {}
         scores[str(p)] = {}
         for pos, batch in encoded.items():
+            # score_contexts batches contexts sorted by length, 16 at a time; chunks of the sorted list are
+            # exactly those batches, one model call each, which score_variants can share between variants.
+            order = sorted(range(len(batch)), key=lambda i: len(batch[i].ids))
+            ranked = [batch[i] for i in order]
+            by_rank = run(ranked, KV_BATCH, lambda chunk: [int(x) for x in score_contexts(model, chunk, KV_BATCH, pad)])
             by_variant = {}
-            for name, coeffs in variants.items():
-                by_variant[name] = run(coeffs, lambda: [int(x) for x in score_contexts(model, batch, pad_id=pad)])
-                if progress is not None:
-                    progress(1)
+            for name, ranked_scores in by_rank.items():
+                unsorted = [0] * len(batch)
+                for rank, i in enumerate(order):
+                    unsorted[i] = ranked_scores[rank]
+                by_variant[name] = unsorted
             s = _scores(_sha([list(e.ids) + [e.start] for e in batch]), by_variant)
             scores[str(p)][pos] = s
             accuracy[str(p)][pos] = RetrievalAccuracy(**_value(s, 1.0))
@@ -331,6 +355,7 @@ def run_eval(
     sequences: int = DEFAULT_SEQUENCES,
     seed: int = 1234,
     text: str | None = DEFAULT_TEXT,
+    windows: int = DEFAULT_WINDOWS,
     allow_pickle: bool = False,
     kv: bool | None = None,
     kv_pairs: tuple[int, ...] = DEFAULT_PAIRS,
@@ -375,6 +400,7 @@ def run_eval(
             sequences=sequences,
             seed=seed,
             text=text,
+            windows=windows,
             kv=kv,
             kv_pairs=kv_pairs,
             kv_contexts=kv_contexts,
@@ -385,3 +411,56 @@ def run_eval(
     finally:
         if bar is not None:
             bar.close()
+
+
+def merge_reports(parts: list[EvalReport]) -> EvalReport:
+    """One report from runs of the same eval that measured different copy lengths (a long eval split into
+    processes); at most one part may hold perplexity and one retrieval.
+
+    Each length draws its sequences (``eval/<n>``) and its resamples (``bootstrap/eval/copy/<n>/...``) from its
+    own streams, and perplexity and retrieval from theirs, so every value and interval of the result is what
+    one run over all the lengths gives (tested); `seconds` is the sum of the parts.
+
+    Raises:
+        InvalidInputError: the parts differ in model, manifest, seed, sequences, control draws or bootstrap,
+            measure a length twice, or more than one holds perplexity or retrieval.
+    """
+    if not parts:
+        raise InvalidInputError("no reports to merge", field="reports")
+    first = parts[0]
+    same = ("model", "manifest", "sequences", "seed", "heads", "random_head_draws", "controls", "bootstrap")
+    for part in parts[1:]:
+        for key in same:
+            if getattr(part, key) != getattr(first, key):
+                raise InvalidInputError(f"reports differ in {key}; only runs of one eval split by length merge", field=key)
+    lengths = [n for p in parts for n in p.copy_accuracy]
+    if len(set(lengths)) != len(lengths):
+        raise InvalidInputError(f"copy lengths measured twice: {sorted(lengths, key=int)}", field="lengths")
+    with_ppl = [p for p in parts if p.perplexity is not None]
+    with_kv = [p for p in parts if p.retrieval is not None]
+    if len(with_ppl) > 1 or len(with_kv) > 1:
+        raise InvalidInputError("more than one report holds perplexity or retrieval", field="reports")
+    ordered = sorted(lengths, key=int)
+    by_n = {n: p for p in parts for n in p.copy_accuracy}
+    ppl = with_ppl[0] if with_ppl else None
+    kv = with_kv[0] if with_kv else None
+    samples = Samples(
+        copy_accuracy={n: by_n[n].samples.copy_accuracy[n] for n in ordered},
+        perplexity=ppl.samples.perplexity if ppl else None,
+        kv_retrieval=kv.samples.kv_retrieval if kv else None,
+    )
+    intervals = Intervals(
+        copy_accuracy={n: by_n[n].intervals.copy_accuracy[n] for n in ordered},
+        perplexity=ppl.intervals.perplexity if ppl else None,
+        kv_retrieval=kv.intervals.kv_retrieval if kv else None,
+    )
+    return first.model_copy(
+        update={
+            "copy_accuracy": {n: by_n[n].copy_accuracy[n] for n in ordered},
+            "perplexity": ppl.perplexity if ppl else None,
+            "retrieval": kv.retrieval if kv else None,
+            "samples": samples,
+            "intervals": intervals,
+            "seconds": round(sum(p.seconds for p in parts), 3),
+        }
+    )

@@ -81,3 +81,55 @@ def test_report_values_and_intervals_follow_from_its_samples(stories, stories260
     )  # fmt: skip
     assert one.samples.copy_accuracy["5"].random_heads == [s.copy_accuracy["5"].random_heads[0]]
     assert one.copy_accuracy["5"].base == report.copy_accuracy["5"].base
+
+
+def test_sharing_the_base_models_lower_layers_changes_no_score(stories, stories260k_dir):
+    from tiny_checkpoints import make_manifest
+
+    from pearzoo.eval_variants import score_variants
+    from pearzoo.heads import HeadId
+    from pearzoo.manifest.schema import Manifest
+
+    variants = {"base": None, "a": {HeadId(2, 1): 0.5, HeadId(4, 0): 1.7}, "b": {HeadId(1, 3): 1.9}, "c": {HeadId(0, 2): 0.1}}
+    seqs = sample_sequences(stories.space, 20, 9, generator(5, "eval/9"))
+    batches = [seqs[:8], seqs[8:16], seqs[16:]]
+
+    def score(b):
+        return copy_counts(stories.model, b, 9, stories.space.prefix, batch_size=len(b))
+
+    shared, replayed = score_variants(stories.model, stories.geometry, variants, batches, score)
+    alone, none = score_variants(stories.model, stories.geometry, variants, batches, score, share=False)
+    # Variants "a" (from layer 2) and "b" (from layer 1) replay on each of the 3 batches; "c" starts at layer 0.
+    assert shared == alone and (replayed, none) == (6, 0)
+    assert shared["a"] != shared["base"]  # the scaling took effect on the replayed passes
+    # The whole report, copy, perplexity and key-value retrieval, is bit-identical with and without sharing.
+    manifest = Manifest.model_validate(make_manifest(stories260k_dir, {(2, 2): 0.3, (3, 4): 1.8}))
+    kw = {"geometry": stories.geometry, "manifest": manifest, "tokenizer": stories.tokenizer, "lengths": (6,), "sequences": 40,
+          "windows": 10, "window_length": 32, "kv_pairs": (20,), "kv_contexts": 3, "random_draws": 2, "resamples": 200}  # fmt: skip
+    a = evaluate_model(stories.model, "stories260K", stories.space, **kw)
+    b = evaluate_model(stories.model, "stories260K", stories.space, share=False, **kw)
+    assert a.samples == b.samples and a.intervals == b.intervals and a.copy_accuracy == b.copy_accuracy
+    assert a.perplexity == b.perplexity and a.retrieval == b.retrieval
+
+
+def test_reports_split_by_length_merge_into_the_single_run(stories, stories260k_dir):
+    from tiny_checkpoints import make_manifest
+
+    from pearzoo.errors import InvalidInputError
+    from pearzoo.evaluate import merge_reports
+    from pearzoo.manifest.schema import Manifest
+
+    manifest = Manifest.model_validate(make_manifest(stories260k_dir, {(1, 2): 0.5, (3, 4): 1.5}))
+    kw = {"geometry": stories.geometry, "manifest": manifest, "tokenizer": stories.tokenizer, "sequences": 16,
+          "windows": 4, "window_length": 32, "kv": False, "random_draws": 2, "resamples": 200}  # fmt: skip
+    whole = evaluate_model(stories.model, "stories260K", stories.space, lengths=(5, 8), **kw)
+    a = evaluate_model(stories.model, "stories260K", stories.space, lengths=(8,), **kw)
+    b = evaluate_model(stories.model, "stories260K", stories.space, lengths=(5,), **{**kw, "text": None})
+    merged = merge_reports([a, b])
+    assert merged.model_dump(exclude={"seconds"}) == whole.model_dump(exclude={"seconds"})
+    assert list(merged.copy_accuracy) == ["5", "8"] and merged.seconds == round(a.seconds + b.seconds, 3)
+    with pytest.raises(InvalidInputError, match="^copy lengths measured twice"):
+        merge_reports([a, a])
+    c = evaluate_model(stories.model, "stories260K", stories.space, lengths=(6,), **{**kw, "text": None, "seed": 7})
+    with pytest.raises(InvalidInputError, match="^reports differ in seed"):
+        merge_reports([a, c])

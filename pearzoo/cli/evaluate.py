@@ -13,7 +13,13 @@ from pearzoo.cli._options import (
 )
 from pearzoo.cli._output import Output, json_option, quiet_option
 
-QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 2, "resamples": 1000}
+# What --quick changes (any of these options given explicitly wins). Sized on SmolLM2-135M, whose load alone
+# takes 25-45 s on the shared 2 cores: 4 variants x (48 sequences x 50 tokens + 8 windows x 128 tokens), about
+# 13,700 tokens of forward passes, 1/46 of the default with --no-kv. At 64 sequences SmolLM2's gain came out
+# +5.7 [+4.1, +7.2] points; 48 widen that by sqrt(64/48) = 1.15, still clear of zero for a 3-point gain.
+# Retrieval is off: at 10 contexts a cell's Wilson interval is at least 0.28 wide, and 3 positions x 10
+# contexts x ~220 tokens would cost as much as the copy task.
+QUICK = {"lengths": "25", "sequences": 48, "windows": 8, "kv": False, "random_draws": 2, "resamples": 1000}
 
 
 @click.command("eval")
@@ -23,12 +29,13 @@ QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 
 @click.option("--sequences", default=500, show_default=True, type=click.IntRange(min=2), help="Held-out sequences per length.")
 @click.option("--seed", default=1234, show_default=True, type=int, help="Seed of the held-out sequences, key-value contexts, control draws and resamples.")
 @click.option("--text", default="builtin:tinyshakespeare-test", show_default=True, help="Text for perplexity (builtin:NAME or a file); 'none' to skip.")
+@click.option("--windows", default=32, show_default=True, type=click.IntRange(min=2), help="Perplexity windows of 128 tokens.")
 @click.option("--kv/--no-kv", default=None, help="Key-value retrieval (exact match by position of the queried pair). [default: on when the model has a tokenizer]")
 @click.option("--kv-pairs", default="20,50", show_default=True, help="Comma-separated numbers of key-value pairs per context.")
 @click.option("--kv-contexts", default=100, show_default=True, type=click.IntRange(min=1), help="Contexts per number of pairs and position.")
 @click.option("--random-draws", default=5, show_default=True, type=click.IntRange(min=0), help="Draws of K random heads for the control (0: none).")
 @click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
-@click.option("--quick", is_flag=True, help="100 sequences, 10 kv contexts at 20 pairs, 2 control draws, 1000 resamples (options given explicitly win): 1/19 of the default work, intervals about 2.2x as wide.")
+@click.option("--quick", is_flag=True, help="A first look: n=25 only, 48 sequences, 8 perplexity windows, no kv retrieval, 2 control draws, 1000 resamples (options given explicitly win). About 1/46 of the default --no-kv work; copy intervals about 3.2x as wide as the default's (sqrt(500/48); a gain's about +-1.8 points on SmolLM2), perplexity's about 2x, and the control's covers which heads were drawn only roughly (2 draws).")
 @revision_option()
 @device_option()
 @dtype_option()
@@ -36,7 +43,7 @@ QUICK = {"sequences": 100, "kv_contexts": 10, "kv_pairs": "20", "random_draws": 
 @json_option
 @quiet_option
 @click.pass_context
-def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: str, sequences: int, seed: int, text: str, kv: bool | None, kv_pairs: str, kv_contexts: int, random_draws: int, resamples: int, quick: bool, revision: str | None, device: str | None, dtype: str, allow_pickle: bool, json_mode: bool, quiet: bool) -> None:
+def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: str, sequences: int, seed: int, text: str, windows: int, kv: bool | None, kv_pairs: str, kv_contexts: int, random_draws: int, resamples: int, quick: bool, revision: str | None, device: str | None, dtype: str, allow_pickle: bool, json_mode: bool, quiet: bool) -> None:
     """Measure copy accuracy, key-value retrieval and perplexity, before and after a manifest, with 95% intervals.
 
     Every number comes with a 95% interval. Copy accuracy and perplexity: percentile bootstrap (--resamples,
@@ -50,7 +57,12 @@ def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: 
     Retrieval asks for the value of one key in a dict of random 3-hex-character ids and counts exact
     matches, with the queried pair first, in the middle or last (see pearzoo/retrieval.py). It runs
     (pairs x 3 positions x contexts) forward passes per variant (2 + draws variants with a manifest), the
-    most expensive part of eval on larger models; --no-kv, a smaller --kv-contexts or --quick shortens it.
+    most expensive part of eval on larger models; --no-kv, a smaller --kv-contexts or --quick (no kv) shortens it.
+
+    Cost, measured on SmolLM2-135M (float32, 2 CPU cores): the default with a manifest is about 63 CPU-minutes
+    of forward passes without retrieval and 3 CPU-hours more with it; --quick about 2 CPU-minutes, a model
+    load included (README, "Intervals": wall times and load averages). Variants share the base model's layers
+    below their lowest re-weighted head, which changes no number.
 
     \b
     Examples:
@@ -62,18 +74,18 @@ def eval_command(ctx: click.Context, model: str, manifest: str | None, lengths: 
 
     output = Output(json_mode=json_mode, quiet=quiet)
     if quick:
-        given = {"sequences": sequences, "kv_contexts": kv_contexts, "kv_pairs": kv_pairs, "random_draws": random_draws, "resamples": resamples}
+        given = {"lengths": lengths, "sequences": sequences, "windows": windows, "kv": kv, "random_draws": random_draws, "resamples": resamples}
         for name, value in QUICK.items():
             if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
                 given[name] = value
-        sequences, kv_contexts, kv_pairs, random_draws, resamples = (given[k] for k in ("sequences", "kv_contexts", "kv_pairs", "random_draws", "resamples"))
+        lengths, sequences, windows, kv, random_draws, resamples = (given[k] for k in QUICK)
     ns = _ints(lengths, "--lengths", 2, "lengths must be >= 2")
     ps = _ints(kv_pairs, "--kv-pairs", 3, "numbers of pairs must be >= 3")
     from pearzoo.patch.resolve import manifest_file
 
     report = run_eval(
         model, str(manifest_file(manifest)) if manifest else None, revision=revision, device=device, dtype=dtype, lengths=ns, sequences=sequences, seed=seed,
-        text=None if text.lower() == "none" else text, allow_pickle=allow_pickle, kv=kv, kv_pairs=ps,
+        text=None if text.lower() == "none" else text, windows=windows, allow_pickle=allow_pickle, kv=kv, kv_pairs=ps,
         kv_contexts=kv_contexts, random_draws=random_draws, resamples=resamples, progress=output.progress,
     )
     if report.retrieval is not None:

@@ -57,14 +57,19 @@ def test_eval_human_table_prints_each_number_with_its_interval(stories260k_dir, 
 
 
 def test_quick_sets_smaller_defaults_and_explicit_options_win(stories260k_dir, manifest_path, capsys):
-    argv = ["eval", "-m", str(stories260k_dir), "--manifest", str(manifest_path), "--lengths", "4", "--text", "none", "--no-kv", "--quick", "--json"]
-    code, stdout, _ = run_cli(argv, capsys)
+    argv = ["eval", "-m", str(stories260k_dir), "--manifest", str(manifest_path), "--quick", "--json"]
+    code, stdout, err = run_cli(argv, capsys)
     report = json.loads(stdout)
-    assert code == 0 and report["sequences"] == 100 and report["controls"]["random_heads_draws"] == 2
-    assert report["bootstrap"]["resamples"] == 1000
-    code, stdout, _ = run_cli([*argv, "--sequences", "12", "--random-draws", "1"], capsys)
+    assert code == 0, err
+    # n = 25 only, 48 sequences, 8 perplexity windows, no retrieval (the model has a tokenizer), 2 draws.
+    assert set(report["copy_accuracy"]) == {"25"} and report["sequences"] == 48 and "retrieval" not in report
+    assert report["perplexity"]["windows"] == 8 and len(report["samples"]["perplexity"]["base"]) == 8
+    assert report["controls"]["random_heads_draws"] == 2 and report["bootstrap"]["resamples"] == 1000
+    explicit = ["--lengths", "4", "--sequences", "12", "--random-draws", "1", "--text", "none", "--kv", "--kv-pairs", "20", "--kv-contexts", "2"]
+    code, stdout, _ = run_cli([*argv, *explicit], capsys)
     report = json.loads(stdout)
-    assert code == 0 and report["sequences"] == 12 and report["controls"]["random_heads_draws"] == 1
+    assert code == 0 and set(report["copy_accuracy"]) == {"4"} and report["sequences"] == 12
+    assert report["controls"]["random_heads_draws"] == 1 and report["retrieval"]["contexts"] == 2 and "perplexity" not in report
 
 
 def test_eval_rejects_bad_counts(stories260k_dir, capsys):
