@@ -233,6 +233,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     from pearzoo.manifest.environment import build_environment
     from pearzoo.proxy import copy_score, generator, sample_sequences
     from pearzoo.replay import FrozenPrefix
+    from pearzoo.train_precision import precision
 
     start = time.perf_counter()
     ctx = prepare(options)
@@ -246,7 +247,7 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     coefficients = dict(zip(heads, trained.coefficients))
     # The layers below the lowest re-weighted one compute the same for both scores: run once, replayed for `after`.
     frozen = FrozenPrefix(ctx.model, ctx.geometry, min(h.layer for h in heads))
-    with frozen.active():
+    with frozen.active(), precision(ctx.model, spec.precision):
         before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
         with scale_heads(ctx.model, ctx.geometry, coefficients):
             after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
