@@ -233,7 +233,6 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     from pearzoo.manifest.environment import build_environment
     from pearzoo.proxy import copy_score, generator, sample_sequences
     from pearzoo.replay import FrozenPrefix
-    from pearzoo.train_precision import precision
 
     start = time.perf_counter()
     ctx = prepare(options)
@@ -246,8 +245,10 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     held_out = sample_sequences(ctx.space, METRIC_SEQUENCES, spec.length, generator(ctx.recipe.seed, "metrics"))
     coefficients = dict(zip(heads, trained.coefficients))
     # The layers below the lowest re-weighted one compute the same for both scores: run once, replayed for `after`.
+    # Always in the model's own arithmetic, whatever train.precision says: these are the numbers a user checks
+    # against the patched model (tests/patch/test_e2e_smollm2.py compares them exactly).
     frozen = FrozenPrefix(ctx.model, ctx.geometry, min(h.layer for h in heads))
-    with frozen.active(), precision(ctx.model, spec.precision):
+    with frozen.active():
         before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)
         with scale_heads(ctx.model, ctx.geometry, coefficients):
             after = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)

@@ -1,9 +1,10 @@
-"""The arithmetic of training, its checks and the build's held-out metrics: a recipe's `train.precision`.
+"""The arithmetic of training and its checks: a recipe's `train.precision`.
 
 `float32` (the default) runs the model as loaded. `bfloat16` runs the same passes under `torch.autocast` with
 bfloat16: matrix products take bfloat16 inputs and accumulate in float32, the weights and the residual stream stay
 as loaded, and the coefficients stay float32 (spec §3: they are the only trained values, and their optimizer steps
-are float32). On a CPU with AVX512-BF16 a matrix product runs about 2x faster than in float32 (bench/build.py).
+are float32). On a CPU with AVX512-BF16 a matrix product runs about 2x faster than in float32, a training step or
+check about 1.6x (bench/build.py). Locate and the manifest's held-out metrics keep the model's own arithmetic.
 
 Attention is the exception: PyTorch's CPU flash attention backward is about 3x slower in bfloat16 than in float32
 here (so slow it ate most of the gain), so while the context is active a model that uses `sdpa` gets the same

@@ -1,4 +1,4 @@
-"""`train.precision` (pearzoo/train_precision.py): bfloat16 autocast for training, its checks and the metrics.
+"""`train.precision` (pearzoo/train_precision.py): bfloat16 autocast for training and its checks.
 
 float32 stays the default and leaves every recipe digest as it was; bfloat16 must really run the products in
 bfloat16 (else it buys nothing), stay close to float32 (else the audit tolerance could not hold), stay

@@ -272,10 +272,10 @@ class TrainSpec(_Strict):
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description=(
-            "Arithmetic of the training passes, the validation and perplexity checks and the build's held-out "
-            "metrics (locate is always float32): `bfloat16` runs them under bfloat16 autocast (matrix products in "
-            "bfloat16, float32 accumulation; coefficients and optimizer float32); about 2x faster on a CPU with "
-            "AVX512-BF16, and not bit-identical to `float32` (pearzoo/train_precision.py)."
+            "Arithmetic of the training passes and the validation and perplexity checks (locate and the manifest's "
+            "held-out metrics always run in the model's dtype): `bfloat16` runs them under bfloat16 autocast (matrix "
+            "products in bfloat16, float32 accumulation; coefficients and optimizer float32); about 1.6x less CPU "
+            "time on a CPU with AVX512-BF16, and not bit-identical to `float32` (pearzoo/train_precision.py)."
         ),
     )
 
