@@ -1,8 +1,14 @@
 """Benchmark: each stage of `pearzoo build`, this tree against a baseline pearzoo, interleaved in one run.
 
-    git worktree add --detach /tmp/pearzoo-base ce51e0a
+    git worktree add --detach /tmp/pearzoo-base ce51e0a     # before the exact-arithmetic speed-ups
+    git worktree add --detach /tmp/pearzoo-6809 6809f57     # before train.precision (SmolLM2 recipe 1.1.0)
     python bench/build.py --base /tmp/pearzoo-base --steps 10 --rounds 2
+    python bench/build.py --base /tmp/pearzoo-6809 --model smollm2 --steps 5 --rounds 2 --heads-from MANIFEST
     python bench/build.py --base /tmp/pearzoo-base --model zoo --rounds 3
+
+Each tree builds with its own recipes, so against 6809f57 SmolLM2 compares recipe 1.1.0 (float32) with 1.2.0
+(`train.precision: bfloat16`): `same_heads` and `max_coefficient_diff` then say how far the cheaper arithmetic
+moved the result.
 
 Each round builds every model once with the baseline and once with this tree (order alternating), each build in
 its own Python process whose PYTHONPATH points at that tree, so both are timed under the same load. A worker runs

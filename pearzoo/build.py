@@ -245,6 +245,8 @@ def build_manifest(options: BuildOptions, progress: ProgressFactory | None = Non
     held_out = sample_sequences(ctx.space, METRIC_SEQUENCES, spec.length, generator(ctx.recipe.seed, "metrics"))
     coefficients = dict(zip(heads, trained.coefficients))
     # The layers below the lowest re-weighted one compute the same for both scores: run once, replayed for `after`.
+    # Always in the model's own arithmetic, whatever train.precision says: these are the numbers a user checks
+    # against the patched model (tests/patch/test_e2e_smollm2.py compares them exactly).
     frozen = FrozenPrefix(ctx.model, ctx.geometry, min(h.layer for h in heads))
     with frozen.active():
         before = copy_score(ctx.model, held_out, spec.length, ctx.space.prefix)

@@ -22,6 +22,7 @@ from pearzoo.proxy import TokenSpace, copy_loss, copy_score, generator, sample_s
 from pearzoo.recipe.schema import TrainSpec
 from pearzoo.replay import FrozenPrefix
 from pearzoo.text import perplexity, text_loss
+from pearzoo.train_precision import precision
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,18 @@ def train_coefficients(
     def coefficients(values: torch.Tensor) -> dict[HeadId, Any]:
         return {h: values[i] for i, h in enumerate(heads)}
 
+    # Every pass below runs with the recipe's arithmetic (float32 unless train.precision says bfloat16); the
+    # replayed prefix is recorded under it too, so replays stay bit-identical to the passes they stand for.
+    arithmetic = spec.precision
     base_ppl = None
     if text_windows is not None:
-        with clock("perplexity"), frozen.active():
+        with clock("perplexity"), frozen.active(), precision(model, arithmetic):
             base_ppl = perplexity(model, text_windows)
     history: list[ValidationPoint] = []
 
     def validate(step: int) -> None:
         snapshot = tau.detach().clone()
-        with scale_heads(model, geometry, coefficients(snapshot)), frozen.active():
+        with scale_heads(model, geometry, coefficients(snapshot)), frozen.active(), precision(model, arithmetic):
             with clock("validation"):
                 score = copy_score(model, validation, spec.length, space.prefix)
             with clock("perplexity"):
@@ -165,7 +169,7 @@ def train_coefficients(
     validate(0)
     for step in range(1, spec.steps + 1):
         batch = sample_sequences(space, spec.batch_size, spec.length, train_gen)
-        with clock("forward"), scale_heads(model, geometry, coefficients(tau)):
+        with clock("forward"), scale_heads(model, geometry, coefficients(tau)), precision(model, arithmetic):
             loss = copy_loss(model, batch, spec.length, space.prefix)
             if weight > 0:
                 # Copying is bought with general language modelling (issue #2); pricing the latter into the

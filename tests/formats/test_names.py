@@ -32,7 +32,8 @@ def test_every_listed_name_shows(capsys):
 def test_a_builtin_name_shows_its_hub_id(capsys):
     code, out, err = run_cli(["show", "smollm2-135m-instruct"], capsys)
     assert code == 0, err
-    assert out.startswith("HuggingFaceTB/SmolLM2-135M-Instruct: 1 version(s)")
+    assert out.startswith("HuggingFaceTB/SmolLM2-135M-Instruct: 2 version(s), newest last")
+    assert "rope/smollm2-135m 1.2.0" in out.splitlines()[2]  # the newest: what patch picks
 
 
 @pytest.mark.parametrize("name", ["llama-rope", "gpt2-learned", "bloom-alibi", "mpt-alibi"])

@@ -12,7 +12,7 @@ from pearzoo.recipe.schema import LocateSpec
 # moved to `extends`; their resolved content, and so these digests, must not change, or `pearzoo audit` of the
 # shipped manifests would report a different recipe.
 SHIPPED = {
-    "rope/smollm2-135m": "bd438a3f4b6806d7e434a89b77f18efab69cf16c9241f63aeea2184ddeaa3e1d",
+    "rope/smollm2-135m": "1119ac6c9d1962cb488d653c52e0435ac51d6845e8d630c7691db5d5abab4565",  # 1.2.0
     "rope/zoo-llama-rope": "1b28789d9d35c0517988a58a2ede5be1ab4584bc653cd63ecb0e9df2dd4e7de8",
     "learned/zoo-gpt2-learned": "a6dd3b4f1359a1e97e416728ba392a806043c5a66f7116d98b52b080f12c9e51",
     "alibi/zoo-bloom-alibi": "2307a5ce0da0d641248fa8dfef019751820bab8de64f98185bd81cae50860b80",
@@ -34,8 +34,14 @@ def test_registry_manifests_record_the_resolved_digest():
     recorded = {}
     for path in sorted(Path(__file__).resolve().parents[2].glob("registry/manifests/*/*.json")):
         doc = json.loads(path.read_text())
-        recorded[doc["recipe"]["id"]] = doc["recipe"]["digest"]
-    assert recorded == SHIPPED
+        recorded.setdefault(doc["recipe"]["id"], set()).add((doc["recipe"]["version"], doc["recipe"]["digest"]))
+    # The newest version of each recipe is today's; older versions keep the digests they were published with.
+    newest = {k: max(v, key=lambda e: tuple(int(x) for x in e[0].split(".")))[1] for k, v in recorded.items()}
+    assert newest == SHIPPED
+    assert recorded["rope/smollm2-135m"] == {
+        ("1.1.0", "bd438a3f4b6806d7e434a89b77f18efab69cf16c9241f63aeea2184ddeaa3e1d"),
+        ("1.2.0", SHIPPED["rope/smollm2-135m"]),
+    }
 
 
 def _write(root, recipe_id, doc):
