@@ -150,11 +150,12 @@ class SyntheticSpans:
         self.rng = np.random.default_rng(cfg["seed"])
         self.counts = {"repeat": 0, "random_repeat": 0, "kv": 0}
 
-    def _span(self, length: int, gap: bool) -> tuple[int, int]:
+    def _span(self, length: int, gap: bool) -> tuple[int, int, int]:
+        """(length, a, b): two non-overlapping places for a span, b after a, back to back unless `gap`."""
         length = min(length, self.width // 3)  # short windows (smoke runs) still take two copies
         a = int(self.rng.integers(0, self.width - 2 * length + 1))
         b = a + length if not gap else int(self.rng.integers(a + length, self.width - length + 1))
-        return a, b
+        return length, a, b
 
     def kv_text(self) -> str:
         pairs = int(self.rng.integers(2, 41))
@@ -182,14 +183,12 @@ class SyntheticSpans:
             u = self.rng.random()
             if u < self.cfg["repeat"]:
                 length = int(self.rng.integers(16, 97))
-                a, b = self._span(length, gap=True)
-                length = min(length, self.width // 3)
+                length, a, b = self._span(length, gap=True)
                 window[row, b : b + length] = window[row, a : a + length].clone()
                 self.counts["repeat"] += 1
             elif u < self.cfg["repeat"] + self.cfg["random_repeat"]:
                 length = int(self.rng.integers(8, 65))
-                a, b = self._span(length, gap=self.rng.random() < 0.5)
-                length = min(length, self.width // 3)
+                length, a, b = self._span(length, gap=self.rng.random() < 0.5)
                 ids = self.allowed[torch.from_numpy(self.rng.integers(0, self.allowed.numel(), length))].to(device)
                 window[row, a : a + length] = ids
                 window[row, b : b + length] = ids
