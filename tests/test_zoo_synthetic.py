@@ -12,7 +12,7 @@ sys.path.insert(0, str(ZOO))
 train = pytest.importorskip("train")  # zoo/train.py
 copy_accuracy = pytest.importorskip("copy_accuracy")
 
-from tokenizers import Tokenizer  # noqa: E402
+from tokenizers import Tokenizer
 
 HEX = set("0123456789abcdef")
 

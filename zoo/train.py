@@ -111,7 +111,7 @@ class RandomWindows:
     ones a run without it draws."""
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int,
-                 synthetic: "SyntheticSpans | None" = None):
+                 synthetic: SyntheticSpans | None = None):
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.gen = torch.Generator().manual_seed(seed)
         self.span = torch.arange(seq_len + 1, device=tokens.device)
